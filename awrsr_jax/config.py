@@ -1,0 +1,102 @@
+"""One run's configuration: a frozen, hashable, JSON-round-trippable dataclass.
+
+The experiment flags map 1:1 onto these fields; :func:`validate` checks them all
+before anything is compiled and names the offending flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from awrsr_jax.ops.refine import REFINE_INPUTS, REFINERS
+
+BACKBONES = ("sasrec", "stosa")
+MECHS = {
+    "sasrec": ("none", "simp", "value", "add", "value_literal"),
+    "stosa": ("none", "simp", "value", "add", "stoc", "value_literal"),
+}
+LOSSES = {"sasrec": ("bce", "ce"), "stosa": ("bpr",)}
+PROTOCOLS = ("full", "sampled100")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    backbone: str = "sasrec"
+    mech: str = "none"  # refinement: none | simp | value | add | stoc (STOSA)
+    refine_input: str = "scores"  # A = pre-softmax scores, or softmax probs
+    per_head: bool = False  # refinement matrices per head instead of per layer
+    hidden: int = 64  # D
+    max_len: int = 50  # L = n
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.2  # hidden dropout (and SASRec's attention dropout)
+    attn_dropout: float = 0.0  # STOSA's attention-probability dropout
+    lr: float = 1e-3
+    l2: float = 0.0  # SASRec: l2 * sum(emb^2)/2; STOSA: Adam weight decay
+    loss: str = ""  # "" = the backbone's default (bce / bpr)
+    pvn_weight: float = 0.005  # STOSA's positive-vs-negative margin weight
+    stosa_mean_passthrough: bool = False  # reproduce the authors' typo
+    batch_size: int = 128
+    epochs: int = 200
+    patience: int = 20  # epochs without a better validation NDCG@5
+    eval_every: int = 1
+    eval_chunk: int = 256  # users scored per evaluation call
+    protocol: str = "full"  # or sampled100 (SASRec paper's 100 negatives)
+    seed: int = 0
+
+    @property
+    def loss_type(self) -> str:
+        return self.loss or LOSSES[self.backbone][0]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys: {unknown}")
+        return cls(**d)
+
+    def replace(self, **kw) -> Config:
+        return dataclasses.replace(self, **kw)
+
+
+def validate(cfg: Config) -> Config:
+    """Raises ``ValueError("--flag: reason")`` for the first bad field."""
+
+    def need(ok, flag, why):
+        if not ok:
+            raise ValueError(f"--{flag}={getattr(cfg, flag)!r}: {why}")
+
+    need(cfg.backbone in BACKBONES, "backbone", f"choose from {BACKBONES}")
+    if cfg.mech == "stoc" and cfg.backbone != "stosa":
+        need(False, "mech", "stoc needs Gaussian embeddings; it exists for STOSA only")
+    need(cfg.mech in MECHS[cfg.backbone], "mech", f"choose from {MECHS[cfg.backbone]}")
+    need(cfg.mech in REFINERS, "mech", "unknown refinement")
+    need(cfg.refine_input in REFINE_INPUTS, "refine_input", f"one of {REFINE_INPUTS}")
+    need(
+        cfg.loss in ("",) + LOSSES[cfg.backbone],
+        "loss",
+        f"{cfg.backbone} supports {LOSSES[cfg.backbone]}",
+    )
+    need(cfg.max_len >= 2, "max_len", "must be >= 2")
+    need(cfg.hidden >= 1, "hidden", "must be positive")
+    need(cfg.layers >= 1, "layers", "must be >= 1")
+    need(cfg.heads >= 1, "heads", "must be >= 1")
+    need(cfg.hidden % cfg.heads == 0, "hidden", f"not divisible by --heads={cfg.heads}")
+    need(0.0 <= cfg.dropout < 1.0, "dropout", "must be in [0, 1)")
+    need(0.0 <= cfg.attn_dropout < 1.0, "attn_dropout", "must be in [0, 1)")
+    need(cfg.lr > 0, "lr", "must be positive")
+    need(cfg.l2 >= 0, "l2", "must be >= 0")
+    need(cfg.pvn_weight >= 0, "pvn_weight", "must be >= 0")
+    need(cfg.batch_size >= 1, "batch_size", "must be >= 1")
+    need(cfg.epochs >= 1, "epochs", "must be >= 1")
+    need(cfg.patience >= 1, "patience", "must be >= 1")
+    need(cfg.eval_every >= 1, "eval_every", "must be >= 1")
+    need(cfg.eval_chunk >= 1, "eval_chunk", "must be >= 1")
+    need(cfg.protocol in PROTOCOLS, "protocol", f"one of {PROTOCOLS}")
+    need(cfg.seed >= 0, "seed", "must be >= 0")
+    return cfg

@@ -1,0 +1,116 @@
+"""Attention scores and masks, as pure JAX functions (no Flax).
+
+Shape letters: B batch, L (= n) sequence length, H heads, D head dimension,
+Q query positions, K key positions. Score tensors are ``[..., Q, K]``: row k is
+query position k, column t is key position t. Sequences are left-padded, so
+position L-1 holds the most recent item.
+
+Masks are boolean and ``True`` means "may attend". Masked logits never become
+``-inf`` inside a product: :func:`masked_softmax` handles them with ``where``,
+and a fully masked row gives all-zero weights instead of NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def causal_mask(n: int) -> jax.Array:
+    """``[n, n]`` lower-triangular mask: query k sees keys t <= k."""
+    return jnp.tril(jnp.ones((n, n), dtype=bool))
+
+
+def attention_mask(valid_BxL: jax.Array) -> jax.Array:
+    """Causal and key-padding mask ``[B, 1, L, L]`` from a ``[B, L]`` validity mask.
+
+    Rows of padded query positions keep their (fully padded) keys masked, so they
+    come out all-False; their outputs are zeroed by the models anyway.
+    """
+    n = valid_BxL.shape[-1]
+    return causal_mask(n)[None, None] & valid_BxL[:, None, None, :]
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax over the last axis in float32, restricted to ``mask``.
+
+    Masked entries get probability exactly 0; a row with no allowed entry is all
+    zeros (never NaN), so padded rows cannot poison gradients.
+    """
+    x = logits.astype(jnp.float32)
+    x = jnp.where(mask, x, jnp.finfo(jnp.float32).min)
+    x = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    e = jnp.where(mask, jnp.exp(x), 0.0)
+    denom = jnp.sum(e, axis=-1, keepdims=True)
+    return e / jnp.where(denom > 0, denom, 1.0)
+
+
+def dot_product_scores(q_BxQxHxD: jax.Array, k_BxKxHxD: jax.Array) -> jax.Array:
+    """Scaled dot-product scores ``QK^T / sqrt(D)`` as ``[B, H, Q, K]``."""
+    d = q_BxQxHxD.shape[-1]
+    s = jnp.einsum("bqhd,bkhd->bhqk", q_BxQxHxD, k_BxKxHxD)
+    return s / jnp.sqrt(jnp.asarray(d, s.dtype))
+
+
+def elu_plus_one(x: jax.Array) -> jax.Array:
+    """``ELU(x) + 1``: STOSA's map from a linear output to a positive covariance."""
+    return jax.nn.elu(x) + 1.0
+
+
+def w2_distance_sq(
+    mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array, sigma2: jax.Array
+) -> jax.Array:
+    """Squared 2-Wasserstein distance between diagonal Gaussians, all pairs.
+
+    For ``N(mu1_i, diag(sigma1_i))`` and ``N(mu2_j, diag(sigma2_j))``::
+
+        W2^2_ij = ||mu1_i - mu2_j||^2 + ||sqrt(sigma1_i) - sqrt(sigma2_j)||^2
+
+    computed in the expanded matmul form
+    ``|mu1|^2 + |mu2|^2 - 2 mu1.mu2 + sum(sigma1) + sum(sigma2)
+    - 2 sqrt(sigma1).sqrt(sigma2)``, as cheap as a dot-product score. Inputs are
+    ``[..., I, D]`` and ``[..., J, D]``; the result is ``[..., I, J]``, clipped at 0
+    against round-off. No square root of the distance is taken, so gradients stay
+    finite when two distributions coincide.
+    """
+    s1 = jnp.sqrt(sigma1)
+    s2 = jnp.sqrt(sigma2)
+    cross = jnp.einsum("...id,...jd->...ij", mu1, mu2) + jnp.einsum(
+        "...id,...jd->...ij", s1, s2
+    )
+    n1 = jnp.sum(mu1 * mu1, -1) + jnp.sum(sigma1, -1)
+    n2 = jnp.sum(mu2 * mu2, -1) + jnp.sum(sigma2, -1)
+    return jnp.maximum(n1[..., :, None] + n2[..., None, :] - 2.0 * cross, 0.0)
+
+
+def w2_scores(
+    mu_q_BxQxHxD: jax.Array,
+    sigma_q_BxQxHxD: jax.Array,
+    mu_k_BxKxHxD: jax.Array,
+    sigma_k_BxKxHxD: jax.Array,
+) -> jax.Array:
+    """STOSA's attention scores ``-W2^2(q_k, k_t) / sqrt(D)`` as ``[B, H, Q, K]``."""
+    d = mu_q_BxQxHxD.shape[-1]
+
+    def heads_first(x):
+        return jnp.swapaxes(x, -3, -2)  # [B, H, L, D]
+
+    dist = w2_distance_sq(
+        heads_first(mu_q_BxQxHxD),
+        heads_first(sigma_q_BxQxHxD),
+        heads_first(mu_k_BxKxHxD),
+        heads_first(sigma_k_BxKxHxD),
+    )
+    return -dist / jnp.sqrt(jnp.asarray(d, dist.dtype))
+
+
+def dropout(x: jax.Array, rate, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout whose ``rate`` may be a traced scalar (for vmapped sweeps).
+
+    ``key=None`` means deterministic (evaluation): ``x`` is returned unchanged.
+    """
+    if key is None:
+        return x
+    keep = 1.0 - jnp.asarray(rate, jnp.float32)
+    m = jax.random.uniform(key, x.shape) < keep
+    return jnp.where(m, x / jnp.maximum(keep, 1e-6), 0.0).astype(x.dtype)

@@ -1,0 +1,129 @@
+"""Interaction rows to per-user sequences, with each rule applied and counted.
+
+`RawRows` (file order) enter; `Sequences` (users renumbered 1..U, items 1..I, each
+user's items in time order) leave, with a count of the rows each rule removed.
+The steps, in order:
+
+1. `unrated` (anime only): rows with rating -1 ("watched, not rated") are kept as
+   interactions ("keep", the default) or removed ("drop").
+2. Time order: a stable sort by (user, timestamp), so rows with equal timestamps
+   keep file order, i.e. the order is (timestamp, line number). Files without
+   timestamps keep file order.
+3. Minimum counts, with the duplicate rule:
+   - "sasrec_single_pass": counts on the rows after step 1, duplicates included,
+     as SASRec counted them; then the duplicate rule.
+   - "kcore": the duplicate rule first, then the k-core to its fixpoint.
+   - "none": the duplicate rule only.
+   Duplicate (user, item) rows: "keep_first" keeps the earliest in time order
+   and removes the others; "keep_all" keeps them all (SASRec's behaviour).
+4. Numbering: users from 1 in ascending original id; items from 1 in order of
+   first appearance, reading users in that order and each in time order.
+
+Every row read is kept, filtered by a rule, or rejected by the reader:
+rows_read == kept + sum(filtered.values()) + rejected.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from data_prep import kcore
+from data_prep.readers import RawRows
+from data_prep.textrows import DataPrepError
+
+FILTERS = ("sasrec_single_pass", "kcore", "none")
+DUPLICATES = ("keep_first", "keep_all")
+UNRATED = ("keep", "drop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    filter: str = "kcore"  # one of FILTERS
+    k: int = 5  # minimum rows per user and per item
+    duplicates: str = "keep_first"  # one of DUPLICATES
+    unrated: str = "keep"  # one of UNRATED; only anime has unrated rows
+
+    def __post_init__(self):
+        for name, options in (
+            ("filter", FILTERS),
+            ("duplicates", DUPLICATES),
+            ("unrated", UNRATED),
+        ):
+            if getattr(self, name) not in options:
+                raise DataPrepError(
+                    f"{name} must be one of {options}, not {getattr(self, name)!r}"
+                )
+        if self.k < 1:
+            raise DataPrepError(f"k must be >= 1, not {self.k}")
+
+
+@dataclasses.dataclass
+class Sequences:
+    """User j (1-based) has items[offsets[j-1]:offsets[j]], oldest first."""
+
+    items: np.ndarray  # new item ids, 1..I
+    offsets: np.ndarray  # (U + 1,) int64
+    user_ids: np.ndarray  # original id of user j at index j - 1
+    item_ids: np.ndarray  # original id of item i at index i - 1
+    filtered: dict[str, int]  # rows removed, per rule
+    violations: dict[str, int]  # users and items under k in the output
+    kcore_passes: int | None
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+
+def first_occurrences(user: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """Mask of the first row of each (user, item) pair, in array order."""
+    key = user.astype(np.int64) * (int(item.max(initial=0)) + 1) + item
+    _, first = np.unique(key, return_index=True)  # stable: the earliest index
+    mask = np.zeros(key.shape, bool)
+    mask[first] = True
+    return mask
+
+
+def build(rows: RawRows, rules: Rules) -> Sequences:
+    """Applies `rules` to `rows`; see the module docstring for the order."""
+    filtered = {"unrated": 0, "duplicate": 0, "min_count": 0}
+    idx = np.arange(len(rows.user))
+    if rows.unrated is not None and rules.unrated == "drop":
+        idx = idx[~rows.unrated]
+        filtered["unrated"] = len(rows.user) - len(idx)
+    if rows.timestamp is None:
+        idx = idx[np.argsort(rows.user[idx], kind="stable")]
+    else:
+        idx = idx[np.lexsort((rows.timestamp[idx], rows.user[idx]))]
+    user, item = rows.user[idx], rows.item[idx]
+    del idx
+
+    def apply(mask, rule):
+        filtered[rule] += int(mask.size - mask.sum())
+        return user[mask], item[mask]
+
+    passes = None
+    if rules.filter == "sasrec_single_pass":
+        user, item = apply(kcore.single_pass_mask(user, item, rules.k), "min_count")
+    if rules.duplicates == "keep_first":
+        user, item = apply(first_occurrences(user, item), "duplicate")
+    if rules.filter == "kcore":
+        mask, passes = kcore.kcore_mask(user, item, rules.k)
+        user, item = apply(mask, "min_count")
+    if user.size == 0:
+        raise DataPrepError(f"no interactions left after the rules {rules}")
+
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    offsets = np.r_[starts, user.size].astype(np.int64)
+    codes, first = np.unique(item, return_index=True)
+    by_first = codes[np.argsort(first)]
+    new_id = np.zeros(int(codes.max()) + 1, np.int32)
+    new_id[by_first] = np.arange(1, len(by_first) + 1)
+    return Sequences(
+        items=new_id[item],
+        offsets=offsets,
+        user_ids=rows.user_ids[user[starts]],
+        item_ids=rows.item_ids[by_first],
+        filtered=filtered,
+        violations=kcore.violations(user, item, rules.k),
+        kcore_passes=passes,
+    )
