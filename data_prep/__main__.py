@@ -3,104 +3,126 @@
 Flags go in, one call to `data_prep.prepare` does the work, the stats beside the
 paper's Table 1 come out on stdout. A bad flag value or an unusable input ends the
 run with one line on stderr (naming the flag, or the file, line and text) and
-exit status 1, never a traceback.
+exit status 1, never a traceback. `--help` lists the flags.
+
+The flags live in a private `FlagValues`, not absl's global FLAGS, so importing
+this module (in tests, say) cannot collide with flags of the same name defined by
+the experiment entry points.
 """
 
 import re
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from data_prep import recipes, sequences
 from data_prep.textrows import DataPrepError
 
-_DATASET = flags.DEFINE_enum(
-    "dataset", None, list(recipes.RECIPES), "Dataset to build."
+FLAGS = flags.FlagValues()
+_DEFAULTS = ", ".join(f"{n}: {r.default_filter}" for n, r in recipes.RECIPES.items())
+
+flags.DEFINE_enum(
+    "dataset", None, list(recipes.RECIPES), "Dataset to build.", flag_values=FLAGS
 )
-_RAW = flags.DEFINE_string(
+flags.DEFINE_string(
     "raw",
     None,
-    "Raw file, or a folder holding it. Without it the file is taken "
-    "from --cache_dir or downloaded there (checksum verified).",
+    "Raw file, or a folder holding it. Without it the file is taken from "
+    "--cache_dir, or downloaded there and checksum-verified.",
+    flag_values=FLAGS,
 )
-_OUT = flags.DEFINE_string(
-    "out", None, "Output folder for NAME.txt, id maps, stats.json."
+flags.DEFINE_string(
+    "out", None, "Output folder: NAME.txt, id maps, stats.json.", flag_values=FLAGS
 )
-_CACHE_DIR = flags.DEFINE_string(
+flags.DEFINE_string(
     "cache_dir",
     None,
     "Download cache (default $XDG_CACHE_HOME or ~/.cache, then awrsr_jax/data_prep).",
+    flag_values=FLAGS,
 )
-_FILTER = flags.DEFINE_enum(
+flags.DEFINE_enum(
     "filter",
     None,
     list(sequences.FILTERS),
-    "Minimum-count filter: SASRec's single "
-    "pass over raw counts, the iterative k-core, or none. Default: "
-    + ", ".join(f"{n} {r.default_filter}" for n, r in recipes.RECIPES.items())
-    + ".",
+    "Minimum-count filter: SASRec's single pass over raw counts, the iterative "
+    f"k-core, or none. Default per dataset ({_DEFAULTS}).",
+    flag_values=FLAGS,
 )
-_K = flags.DEFINE_integer(
-    "k", 5, "Minimum interactions per user and per item.", lower_bound=1
+flags.DEFINE_integer(
+    "k", 5, "Minimum rows per user and per item.", lower_bound=1, flag_values=FLAGS
 )
-_DUPLICATES = flags.DEFINE_enum(
+flags.DEFINE_enum(
     "duplicates",
     "keep_first",
     list(sequences.DUPLICATES),
-    "Repeated (user, item) rows: keep the earliest, or keep all (SASRec).",
+    "Repeated (user, item) rows: keep the earliest, or keep all (as SASRec).",
+    flag_values=FLAGS,
 )
-_UNRATED = flags.DEFINE_enum(
+flags.DEFINE_enum(
     "unrated",
     "keep",
     list(sequences.UNRATED),
     "Anime rows with rating -1 (watched, not rated): keep as interactions, or drop.",
+    flag_values=FLAGS,
 )
-_BAD_ROWS = flags.DEFINE_enum(
+flags.DEFINE_enum(
     "bad_rows",
     "error",
     ["error", "skip"],
-    "Malformed rows: stop with an error naming file and line, or skip and count.",
+    "Malformed rows: stop with an error naming file, line and text; or skip and count.",
+    flag_values=FLAGS,
 )
-_SHA256 = flags.DEFINE_string(
-    "sha256", None, "Pin the SHA-256 of a download that has no published checksum."
+flags.DEFINE_string(
+    "sha256",
+    None,
+    "Pin the SHA-256 of a download that has no published checksum.",
+    flag_values=FLAGS,
 )
-_URL = flags.DEFINE_string("url", None, "Download from this mirror (https or file://).")
-
-flags.mark_flags_as_required(["dataset", "out"])
+flags.DEFINE_string(
+    "url", None, "Download from this mirror (https or file://).", flag_values=FLAGS
+)
+flags.mark_flags_as_required(["dataset", "out"], flag_values=FLAGS)
 flags.register_validator(
     "sha256",
     lambda v: v is None or re.fullmatch(r"[0-9a-fA-F]{64}", v) is not None,
     message="must be 64 hexadecimal digits",
+    flag_values=FLAGS,
 )
 
 
-def _parse_flags(argv):
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses argv into FLAGS; exits with one line naming the flag on error."""
+    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+        print(FLAGS.get_help())
+        sys.exit(0)
     try:
-        return flags.FLAGS(argv)
+        rest = FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"data_prep: {e}")
+    if len(rest) > 1:
+        sys.exit(f"data_prep: unexpected arguments {rest[1:]}")
+    return rest
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(f"data_prep: unexpected arguments {argv[1:]}")
+def main(argv: list[str]) -> None:
+    parse_flags(argv)
     try:
         recipes.prepare(
-            _DATASET.value,
-            raw=_RAW.value,
-            out=_OUT.value,
-            cache_dir=_CACHE_DIR.value,
-            filter=_FILTER.value,
-            k=_K.value,
-            duplicates=_DUPLICATES.value,
-            unrated=_UNRATED.value,
-            bad_rows=_BAD_ROWS.value,
-            sha256=_SHA256.value,
-            url=_URL.value,
+            FLAGS.dataset,
+            raw=FLAGS.raw,
+            out=FLAGS.out,
+            cache_dir=FLAGS.cache_dir,
+            filter=FLAGS.filter,
+            k=FLAGS.k,
+            duplicates=FLAGS.duplicates,
+            unrated=FLAGS.unrated,
+            bad_rows=FLAGS.bad_rows,
+            sha256=FLAGS.sha256,
+            url=FLAGS.url,
         )
     except DataPrepError as e:
         sys.exit(f"data_prep: error: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    main(sys.argv)

@@ -14,10 +14,10 @@ symlink entries), so an archive cannot write anywhere.
 
 import dataclasses
 import hashlib
+import http.client
 import os
 import pathlib
 import posixpath
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -121,7 +121,7 @@ def _download(remote: RemoteFile, out: BinaryIO, final: pathlib.Path, timeout):
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 size += len(chunk)
-    except (urllib.error.URLError, socket.timeout, OSError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", e)
         raise DataPrepError(
             f"could not download {remote.url} ({reason}). Offline? Put "

@@ -1,4 +1,4 @@
-"""Minimum-count filters over interaction rows: SASRec's single pass and the k-core.
+"""Row filters over interactions: SASRec's single pass, the k-core, duplicates.
 
 Inputs are parallel arrays of dense user and item codes (one entry per row);
 outputs are boolean keep-masks over the rows, so callers keep the row order.
@@ -11,6 +11,7 @@ outputs are boolean keep-masks over the rows, so callers keep the row order.
   subset in which every user and item has >= k rows (the k-core of the bipartite
   multigraph), which is unique, so it does not depend on row order, and
   filtering it again changes nothing.
+- `first_occurrences`: keep the first row of each (user, item) pair.
 """
 
 import numpy as np
@@ -49,3 +50,17 @@ def violations(user: np.ndarray, item: np.ndarray, k: int) -> dict[str, int]:
         "users_below_k": int(((counts_u > 0) & (counts_u < k)).sum()),
         "items_below_k": int(((counts_i > 0) & (counts_i < k)).sum()),
     }
+
+
+def first_occurrences(user: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """Mask of the first row of each (user, item) pair, in array order."""
+    span = int(item.max(initial=0)) + 1
+    small = (int(user.max(initial=0)) + 1) * span < 2**31
+    key = user.astype(np.int32 if small else np.int64)
+    key *= span
+    key += item
+    order = np.argsort(key, kind="stable")  # equal pairs keep array order
+    key = key[order]
+    mask = np.ones(key.shape, bool)
+    mask[order[1:][key[1:] == key[:-1]]] = False
+    return mask

@@ -31,7 +31,6 @@ from data_prep import fetch
 from data_prep.textrows import (
     ANY_ID,
     INT64_MAX,
-    DataPrepError,
     IntTable,
     LineSource,
     RowLog,
@@ -97,6 +96,13 @@ def open_raw(path: pathlib.Path, member: str | None = None):
 
 
 def _dense(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, labels): codes dense from 0 in ascending id order."""
+    if ids.size and ids.min() >= 0 and ids.max() < 4 * ids.size + 2**20:
+        present = np.zeros(int(ids.max()) + 1, bool)  # O(n), no sort
+        present[ids] = True
+        lookup = np.cumsum(present, dtype=np.int64) - 1
+        labels = np.flatnonzero(present)
+        return lookup.astype(np.int32)[ids], labels.astype(np.int64)
     labels, codes = np.unique(ids, return_inverse=True)
     return codes.astype(np.int32 if len(labels) < 2**31 else np.int64), labels
 
@@ -120,7 +126,7 @@ def read_int_table(
             users.append(_compact(block[:, 0]))
             items.append(_compact(block[:, 1]))
             if has_time:
-                times.append(block[:, 3])
+                times.append(block[:, 3].copy())  # a view would pin the block
             else:
                 unrated.append(block[:, 2] == -1)
     user, user_ids = _dense(np.concatenate(users))

@@ -136,7 +136,7 @@ def _read(recipe, path, rules, bad_rows) -> readers.RawRows:
     if recipe.name == "beauty":
         return readers.read_amazon(path, bad_rows=bad_rows)
     with open(path, "rb") as f:
-        head = f.readline().removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n")
+        head = f.readline(4096)
     spec = readers.CASEREC_ANIME if b"\t" in head else readers.KAGGLE_ANIME
     return readers.read_int_table(path, spec, bad_rows=bad_rows, has_time=False)
 
@@ -178,11 +178,8 @@ def prepare(
     path, verified = _obtain(recipe, raw, cache_dir, sha256, url)
     path = _resolve(recipe, path, rules)
     source_digests = fetch.file_digests(path)
-    if (
-        verified is None
-        and recipe.remote is not None
-        and path.name == recipe.remote.name
-    ):
+    remote = recipe.remote
+    if verified is None and remote and remote.pinned and path.name == remote.name:
         verified = fetch.check_digests(recipe.remote, source_digests) is None
         if not verified:
             echo(f"warning: {path} does not match the published checksum")

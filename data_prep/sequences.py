@@ -74,28 +74,38 @@ class Sequences:
         return len(self.offsets) - 1
 
 
-def first_occurrences(user: np.ndarray, item: np.ndarray) -> np.ndarray:
-    """Mask of the first row of each (user, item) pair, in array order."""
-    key = user.astype(np.int64) * (int(item.max(initial=0)) + 1) + item
-    _, first = np.unique(key, return_index=True)  # stable: the earliest index
-    mask = np.zeros(key.shape, bool)
-    mask[first] = True
-    return mask
+def _time_order(rows: RawRows, keep: np.ndarray | None) -> np.ndarray:
+    """Indices of the kept rows ordered by (user, timestamp), file order among
+    ties (a stable sort)."""
+    idx = np.flatnonzero(keep) if keep is not None else slice(None)
+    user = rows.user[idx]
+    if rows.timestamp is None or not user.size:
+        order = np.argsort(user, kind="stable")
+    else:
+        stamp = rows.timestamp[idx]
+        lo, hi = int(stamp.min()), int(stamp.max())
+        if (int(user.max()) + 1) * (hi - lo + 1) < 2**63:  # fits one int64 key
+            key = user.astype(np.int64)
+            key *= hi - lo + 1
+            key += stamp
+            key -= lo
+            del stamp
+            order = np.argsort(key, kind="stable")
+        else:
+            order = np.lexsort((stamp, user))
+    return order if keep is None else idx[order]
 
 
 def build(rows: RawRows, rules: Rules) -> Sequences:
     """Applies `rules` to `rows`; see the module docstring for the order."""
     filtered = {"unrated": 0, "duplicate": 0, "min_count": 0}
-    idx = np.arange(len(rows.user))
+    keep = None
     if rows.unrated is not None and rules.unrated == "drop":
-        idx = idx[~rows.unrated]
-        filtered["unrated"] = len(rows.user) - len(idx)
-    if rows.timestamp is None:
-        idx = idx[np.argsort(rows.user[idx], kind="stable")]
-    else:
-        idx = idx[np.lexsort((rows.timestamp[idx], rows.user[idx]))]
-    user, item = rows.user[idx], rows.item[idx]
-    del idx
+        keep = ~rows.unrated
+        filtered["unrated"] = int(rows.unrated.sum())
+    order = _time_order(rows, keep)
+    user, item = rows.user[order], rows.item[order]
+    del order, keep
 
     def apply(mask, rule):
         filtered[rule] += int(mask.size - mask.sum())
@@ -105,7 +115,7 @@ def build(rows: RawRows, rules: Rules) -> Sequences:
     if rules.filter == "sasrec_single_pass":
         user, item = apply(kcore.single_pass_mask(user, item, rules.k), "min_count")
     if rules.duplicates == "keep_first":
-        user, item = apply(first_occurrences(user, item), "duplicate")
+        user, item = apply(kcore.first_occurrences(user, item), "duplicate")
     if rules.filter == "kcore":
         mask, passes = kcore.kcore_mask(user, item, rules.k)
         user, item = apply(mask, "min_count")

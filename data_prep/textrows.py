@@ -36,6 +36,7 @@ import pandas as pd
 
 BOM = b"\xef\xbb\xbf"
 INT64_MAX = 2**63 - 1
+MAX_LINE_BYTES = 1 << 24  # longer "lines" mean a binary file; memory stays bounded
 ANY_ID = ((0, INT64_MAX),)
 _INT = re.compile(rb"-?[0-9]+")
 _SEPARATORS = (b"::", b"\t", b",", b";", b"|", b" ")
@@ -128,12 +129,13 @@ class LineSource:
         while True:
             chunk = self._stream.read(self._block_bytes)
             self.sha256.update(chunk)
+            eof = not chunk
             if not started and chunk:
-                started = True
                 if not self.strict and chunk.startswith(BOM):
                     self.bom, chunk = True, chunk[len(BOM) :]
+                started = bool(chunk)
             buf = carry + chunk
-            if not chunk:
+            if eof:
                 buf = self._fold(buf)
                 if buf and self._header is not None:
                     buf = self._take_header(buf)
@@ -144,6 +146,14 @@ class LineSource:
                 break
             cut = buf.rfind(b"\n")
             if cut < 0:
+                if len(buf) > MAX_LINE_BYTES:
+                    raise DataPrepError(
+                        f"no line end in {MAX_LINE_BYTES:,} bytes: not a text file "
+                        "of rows (compressed or binary?)",
+                        path=self.path,
+                        line=line,
+                        text=show(buf[:40]),
+                    )
                 carry = buf
                 continue
             block, carry = self._fold(buf[: cut + 1]), buf[cut + 1 :]
@@ -205,6 +215,8 @@ def parse_int_line(spec: IntTable, raw: bytes) -> list[int] | str:
         return "UTF-8 byte-order mark (save the file without one)"
     if raw.endswith(b"\r"):
         return "CRLF line end (convert the file to LF line ends)"
+    if b"\r" in raw:
+        return "carriage return inside the line (CR line ends?)"
     try:
         raw.decode("ascii")
     except UnicodeDecodeError as e:
