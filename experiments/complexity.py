@@ -1,0 +1,159 @@
+"""Cost of the refinements (the paper's Section 3.5): parameters and s/epoch.
+
+    python -m experiments.complexity --budget=gpu --datasets=ml-1m,beauty
+    python -m experiments.complexity --from_results=runs/reproduce --out=results
+    python -m experiments.complexity --budget=smoke
+
+For every dataset x backbone x mechanism at the tuned config of
+``experiments.reproduce`` (its ``TUNED`` max length and sizes): the number of
+parameters (from ``jax.eval_shape`` of the initialiser: nothing is allocated),
+how many of them are refinement matrices (``layers * n * n`` per matrix), and
+the measured median seconds per training epoch of one model trained alone
+for ``--time_epochs`` epochs (the first, compiling, epoch is excluded;
+validation is not timed). ``--from_results`` instead reads Table 2's cells:
+their times are for a K-seed vmapped ensemble, so they say what the Table 2
+command paid, not what one model costs. Writes ``complexity.md`` and
+``complexity.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from awrsr_jax import search
+
+
+def count_params(cfg, params, members: int = 1) -> dict:
+    """Total and refinement parameter counts of one member of ``params``
+    (a variables dict whose leaves may carry a leading member axis)."""
+    from flax import traverse_util
+
+    from awrsr_jax.ops import refine
+
+    flat = traverse_util.flatten_dict(params["params"])
+    names = set(refine.param_names(cfg.mech))
+    total = sum(v.size for v in flat.values()) // members
+    ref = sum(v.size for k, v in flat.items() if k[-1] in names) // members
+    return {"params": int(total), "refine_params": int(ref)}
+
+
+def param_shapes(cfg, num_items: int) -> dict:
+    """Counts from abstract shapes (no parameters are allocated)."""
+    import jax
+
+    from awrsr_jax import train
+
+    state = jax.eval_shape(lambda: train.init_member(cfg, num_items, 0))
+    return count_params(cfg, state["params"])
+
+
+def measure(entries, *, epochs: int, log=sys.stderr) -> list[dict]:
+    """One row per ``(dataset, cfg)``: parameter counts and seconds per epoch."""
+    from awrsr_jax import data as data_lib
+    from awrsr_jax import train
+
+    rows, built = [], {}
+    for ds, cfg in entries:
+        cfg = cfg.replace(epochs=epochs, patience=epochs + 1)
+        if (ds, cfg.max_len) not in built:
+            built[(ds, cfg.max_len)] = data_lib.build(
+                search.load_dataset(ds)[1], cfg.max_len
+            )[0]
+        data = built[(ds, cfg.max_len)]
+        print(f"timing {ds} {cfg.backbone} {cfg.mech}", file=log)
+        res = train.fit(cfg, data, seeds=[0])
+        rows.append(dict(dataset=ds, backbone=cfg.backbone, mech=cfg.mech,
+                         max_len=cfg.max_len, layers=cfg.layers, members=1,
+                         seconds_per_epoch=res.seconds_per_epoch,
+                         **param_shapes(cfg, data.num_items)))  # fmt: skip
+    return rows
+
+
+def from_results(results_dir) -> list[dict]:
+    """Rows from Table 2's finished cells (K-seed ensemble timings)."""
+    _, cells = search.load_manifest(results_dir, "2")
+    rows = []
+    for e, res, _ in cells:
+        if res is not None and res["status"] == "ok":
+            c = res["config"]
+            rows.append(dict(dataset=e["dataset"], backbone=e["backbone"],
+                             mech=e["mech"], max_len=c["max_len"], layers=c["layers"],
+                             members=len(res["seeds"]), params=res["params"],
+                             refine_params=res["refine_params"],
+                             seconds_per_epoch=res["seconds_per_epoch"]))  # fmt: skip
+    return rows
+
+
+def markdown(rows, device: str) -> str:
+    base = {(r["dataset"], r["backbone"]): r for r in rows if r["mech"] == "none"}
+    lines = [
+        "# Complexity: parameters and seconds per epoch",
+        "",
+        f"Device: {device}. s/epoch: median over timed epochs (compile excluded); "
+        "'members' > 1 means a vmapped ensemble of that many seeds was timed.",
+        "",
+        "| dataset | backbone | mechanism | max_len | layers | params | "
+        "refinement params | params vs none | members | s/epoch | time vs none |",
+        "|---" * 11 + "|",
+    ]
+    for r in rows:
+        b = base.get((r["dataset"], r["backbone"]))
+        dp = f"{100 * (r['params'] / b['params'] - 1):+.1f}%" if b else "–"
+        dt = (f"{r['seconds_per_epoch'] / b['seconds_per_epoch']:.2f}x"
+              if b and b["seconds_per_epoch"] else "–")  # fmt: skip
+        lines.append(
+            f"| {r['dataset']} | {r['backbone']} | {r['mech']} | {r['max_len']} | "
+            f"{r['layers']} | {r['params']:,} | {r['refine_params']:,} | {dp} | "
+            f"{r['members']} | {r['seconds_per_epoch']:.4f} | {dt} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def define_flags():
+    flags.DEFINE_enum("budget", "gpu", ["gpu", "smoke"], "smoke: tiny CPU run")
+    flags.DEFINE_string("datasets", None, "comma list (default: the budget's)")
+    flags.DEFINE_string("backbones", None, "comma list (default sasrec,stosa)")
+    flags.DEFINE_integer("time_epochs", None, "epochs timed per model (gpu 6, smoke 2)")
+    flags.DEFINE_string("from_results", None, "read Table 2's cells instead")
+    flags.DEFINE_string("out", None, "output folder (default runs/complexity)")
+
+
+def main(argv):
+    del argv
+    from experiments import reproduce
+
+    f = flags.FLAGS
+    smoke = f.budget == "smoke"
+    try:
+        if f.from_results:
+            rows, device = from_results(f.from_results), "see the Table 2 header"
+        else:
+            import jax
+
+            datasets = f.datasets or reproduce.BUDGETS[f.budget]["datasets"]
+            bbs = f.backbones or ("sasrec" if smoke else "sasrec,stosa")
+            entries = reproduce.table_entries("2", datasets.split(","),
+                                              bbs.split(","), f.budget,
+                                              mechs=["none", "add"] if smoke else None)  # fmt: skip
+            rows = measure(entries, epochs=f.time_epochs or (2 if smoke else 6))
+            dev = jax.devices()[0]
+            device = f"{dev.device_kind} ({dev.platform}, jax {jax.__version__})"
+        out = f.out or f.from_results or os.path.join("runs", "complexity")
+        os.makedirs(out, exist_ok=True)
+        md = markdown(rows, device)
+        search.atomic_write(os.path.join(out, "complexity.md"), md)
+        search.atomic_write(os.path.join(out, "complexity.json"),
+                            json.dumps({"device": device, "rows": rows}, indent=2))  # fmt: skip
+    except (ValueError, OSError, KeyError) as e:
+        sys.exit(f"error: {e}")
+    print(md)
+    print(f"outputs: {out}/complexity.md, {out}/complexity.json")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,200 @@
+"""The paper's Figures 2-5 as PNG files, from ``experiments.reproduce`` outputs.
+
+    python -m experiments.figures --results=runs/reproduce --out=results/figures
+    python -m experiments.figures --budget=smoke   # trains a tiny Table 2 first
+
+Reads ``<results>/table2.json`` and its cells (no training, CPU is enough):
+
+* ``fig2_ndcg_at_n.png``: test NDCG@N for N = 1..20 per mechanism, from the
+  saved per-user test ranks (mean over seeds and users).
+* ``fig3_attention.png``: the last 15 positions of one test user, last layer,
+  head 0: A of Original, A and B of a refined model (``--mech``), from the
+  intermediates sown during a forward pass of seed 0's best parameters
+  (``attention.npz``, written by :func:`attention_maps` at training time).
+  Masked entries (future or padding) are blank.
+* ``fig4_valid_ndcg.png``: validation NDCG@5 per epoch (mean over the seeds
+  still training at that epoch).
+* ``fig5_grad_norm.png``: seed 0's global gradient norm (mean over an epoch's
+  steps) over its last 50 epochs, i.e. up to early stopping.
+
+matplotlib is imported inside the plotting function only, so this module can
+be imported (``reproduce`` uses :func:`attention_maps`) where it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from awrsr_jax import search
+
+LAST = 15  # positions shown in Figure 3
+TAIL = 50  # epochs shown in Figure 5
+
+
+def attention_maps(cfg, params, data) -> dict:
+    """A and B (``[layers, H, L, L]``) of member 0 on the first test user with
+    at least 15 real positions (else the longest), with the user's sequence."""
+    import jax
+    from flax import traverse_util
+
+    from awrsr_jax import models
+
+    inp = np.asarray(data.test_inp)
+    real = (inp > 0).sum(1)
+    enough = np.flatnonzero(real >= min(LAST, inp.shape[1]))
+    row = int(enough[0]) if enough.size else int(real.argmax())
+    one = jax.tree.map(lambda x: x[0], params)
+    model = models.build(cfg, data.num_items)
+    _, state = model.apply(one, inp[row][None], False, mutable=["intermediates"])
+    flat = sorted(traverse_util.flatten_dict(state["intermediates"]).items())
+    a = np.stack([np.asarray(v[0][0]) for k, v in flat if k[-1] == "A"])
+    b = np.stack([np.asarray(v[0][0]) for k, v in flat if k[-1] == "B"])
+    return {"A": a, "B": b, "seq": inp[row], "row": np.int64(row)}
+
+
+def ndcg_at(ranks_KxU, ns=range(1, 21)) -> np.ndarray:
+    """Mean NDCG@N over seeds and users for each N (one relevant item)."""
+    import jax.numpy as jnp
+
+    from awrsr_jax.ops.metrics import rank_metrics
+
+    vals = rank_metrics(jnp.asarray(ranks_KxU), recall_ks=(), ndcg_ks=tuple(ns))
+    return np.array([float(np.mean(vals[f"NDCG@{n}"])) for n in ns])
+
+
+def read_metrics(cell_dir) -> list[dict]:
+    with open(os.path.join(cell_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def valid_curve(records) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, mean validation NDCG@5 of the seeds evaluated at that epoch)."""
+    by = {}
+    for r in records:
+        if "valid" in r:
+            by.setdefault(r["epoch"], []).append(r["valid"]["NDCG@5"])
+    epochs = np.array(sorted(by))
+    return epochs, np.array([np.mean(by[e]) for e in epochs])
+
+
+def grad_tail(records, member: int = 0, tail: int = TAIL):
+    """(epochs relative to the member's last epoch, grad norms) of its last
+    ``tail`` epochs: the run up to early stopping."""
+    own = sorted((r["epoch"], r["grad_norm"]) for r in records if r["member"] == member)
+    own = own[-tail:]
+    last = own[-1][0] if own else 0
+    return np.array([e - last for e, _ in own]), np.array([g for _, g in own])
+
+
+def masked_tail(mat_LxL, seq_L, last: int = LAST) -> np.ndarray:
+    """The last ``last`` rows and columns, NaN where the causal/padding mask is."""
+    n = mat_LxL.shape[-1]
+    valid = seq_L > 0
+    mask = np.tril(np.ones((n, n), bool)) & valid[:, None] & valid[None, :]
+    return np.where(mask, mat_LxL, np.nan)[-last:, -last:]
+
+
+def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
+    """Writes the four PNG files; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info, cells = search.load_manifest(results_dir, "2")
+    panels = {}
+    for e, res, ranks in cells:
+        if res is not None and res["status"] == "ok":
+            key = (e["dataset"], e["backbone"])
+            panels.setdefault(key, []).append((e, ranks))
+    if not panels:
+        raise ValueError(f"{results_dir}: no finished Table 2 cells")
+    os.makedirs(out, exist_ok=True)
+    paths = {}
+
+    def grid_of(name, draw, ylabel, xlabel):
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+        for ax, ((ds, bb), items) in zip(np.atleast_1d(axes), panels.items()):
+            for e, ranks in items:
+                x, y = draw(e, ranks)
+                ax.plot(x, y, label=e["mech"], lw=1.4)
+            ax.set(title=f"{ds} / {bb}", xlabel=xlabel, ylabel=ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths[name] = os.path.join(out, f"{name}.png")
+        fig.savefig(paths[name], dpi=130)
+        plt.close(fig)
+
+    def cell_dir(e):
+        return os.path.join(results_dir, e["cell"])
+
+    ns = np.arange(1, 21)
+    grid_of("fig2_ndcg_at_n", lambda e, r: (ns, ndcg_at(r, ns)), "test NDCG@N", "N")
+    grid_of("fig4_valid_ndcg", lambda e, r: valid_curve(read_metrics(cell_dir(e))),
+            "validation NDCG@5", "epoch")  # fmt: skip
+    grid_of("fig5_grad_norm", lambda e, r: grad_tail(read_metrics(cell_dir(e))),
+            "global gradient norm (seed 0)", "epochs before stopping")  # fmt: skip
+
+    key = (dataset, backbone) if dataset else next(iter(panels))
+    by_mech = {e["mech"]: e for e, _ in panels.get(key, [])}
+    if "none" not in by_mech or mech not in by_mech:
+        raise ValueError(f"Figure 3 needs none and {mech} cells for {key}")
+    base = np.load(os.path.join(cell_dir(by_mech["none"]), "attention.npz"))
+    ref = np.load(os.path.join(cell_dir(by_mech[mech]), "attention.npz"))
+    maps = [("A, Original", base["A"], base["seq"]),
+            (f"A, {mech}", ref["A"], ref["seq"]),
+            (f"B, {mech}", ref["B"], ref["seq"])]  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for ax, (title, m, seq) in zip(axes, maps):
+        im = ax.imshow(masked_tail(m[-1, 0], seq), cmap="viridis")
+        ax.set(title=title, xlabel="key position", ylabel="query position")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"{key[0]} / {key[1]}: last {LAST} positions, last layer, head 0")
+    fig.tight_layout()
+    paths["fig3_attention"] = os.path.join(out, "fig3_attention.png")
+    fig.savefig(paths["fig3_attention"], dpi=130)
+    plt.close(fig)
+    return [paths[k] for k in sorted(paths)]
+
+
+def define_flags():
+    flags.DEFINE_string("results", "runs/reproduce", "experiments.reproduce output")
+    flags.DEFINE_string("out", None, "PNG folder (default <results>/figures)")
+    flags.DEFINE_enum("budget", "full", ["full", "smoke"],
+                      "smoke: first train a tiny Table 2 into --results")  # fmt: skip
+    flags.DEFINE_string("dataset", None, "Figure 3's dataset (default: the first)")
+    flags.DEFINE_string("backbone", None, "Figure 3's backbone")
+    flags.DEFINE_string("mech", "add", "Figure 3's refined mechanism")
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    results = f.results
+    try:
+        if f.budget == "smoke":
+            from experiments import reproduce
+
+            results = os.path.join("runs", "smoke", "reproduce")
+            b = reproduce.BUDGETS["smoke"]
+            entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                              mechs=["none", f.mech])  # fmt: skip
+            reproduce.run_table("2", entries, results, seeds=list(range(b["seeds"])),
+                                epochs=b["epochs"], patience=b["patience"],
+                                budget="smoke", command="experiments.figures smoke")  # fmt: skip
+        paths = make_figures(results, f.out or os.path.join(results, "figures"),
+                             dataset=f.dataset, backbone=f.backbone, mech=f.mech)  # fmt: skip
+    except (ValueError, OSError, KeyError) as e:
+        sys.exit(f"error: {e}")
+    print("figures: " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,300 @@
+"""Experiment scripts: statistics, grid resume/divergence, tables, figures.
+
+Fast tests use hand-made result folders and a fake ``train.fit``; the
+end-to-end smoke runs (real training on tiny data) are marked slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+
+import numpy as np
+import pytest
+
+from awrsr_jax import search, stats
+from awrsr_jax import train as train_lib
+from awrsr_jax.config import Config
+from experiments import complexity, figures, grid, reproduce
+
+RANKS = {  # [seeds, users]
+    "none": np.array([[1, 2, 3, 6, 10, 1], [2, 2, 3, 7, 1, 4]]),
+    "add": np.array([[1, 1, 2, 4, 10, 1], [1, 3, 2, 5, 1, 2]]),
+}
+
+
+def ndcg5(r):
+    r = np.asarray(r, float)
+    return np.where(r <= 5, 1 / np.log2(r + 1), 0.0)
+
+
+def test_per_user_and_mean_std():
+    np.testing.assert_allclose(
+        stats.per_user(RANKS["none"]), ndcg5(RANKS["none"]).mean(0), rtol=1e-6
+    )
+    np.testing.assert_allclose(stats.per_seed([[1, 9]], "Recall@5"), [0.5])
+    assert stats.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
+    assert stats.mean_std([4.0]) == (4.0, 0.0)
+    with pytest.raises(ValueError, match="unknown metric"):
+        stats.per_user(RANKS["none"], "NDCG@7")
+
+
+def test_paired_test_matches_formulas():
+    x = np.array([0.5, 0.9, 0.3, 0.8, 0.7, 0.6])
+    y = np.array([0.4, 0.5, 0.2, 0.6, 0.65, 0.1])
+    d = x - y
+    res = stats.paired_test(x, y)
+    assert res.n == 6 and res.mean_diff == pytest.approx(d.mean())
+    assert res.t == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(6)))
+    # All six differences are positive and distinct: the exact two-sided
+    # signed-rank p is 2 / 2^6.
+    assert res.p_wilcoxon == pytest.approx(2 / 64)
+    assert 0 < res.p_t < 0.05
+    same = stats.paired_test(x, x)
+    assert (same.t, same.p_t, same.p_wilcoxon) == (0.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="equal"):
+        stats.paired_test(x, y[:3])
+
+
+def test_improvement_and_stars():
+    assert stats.improvement(0.11, 0.1) == pytest.approx(10.0)
+    assert stats.improvement(0.1, 0.0) is None and stats.improvement(None, 1) is None
+    assert [stats.stars(p) for p in (0.001, 0.03, 0.2, None)] == ["**", "*", "", ""]
+
+
+def test_parse_set_types():
+    got = grid.parse_set("hidden=64, lr=1e-4,per_head=true,loss=ce")
+    assert got == {"hidden": 64, "lr": 1e-4, "per_head": True, "loss": "ce"}
+    with pytest.raises(ValueError, match="hiden"):
+        grid.parse_set("hiden=3")
+
+
+def fake_fit(calls):
+    """A ``train.fit`` stand-in: valid NDCG@5 = lr; any lr > 1 diverges."""
+
+    def fit(cfg, data, *, seeds=None, sweep=None, on_epoch=None, **_):
+        calls.append(list(sweep["lr"]))
+        if any(lr > 1 for lr in sweep["lr"]):
+            raise FloatingPointError("non-finite training loss at epoch 0")
+        m = len(seeds)
+        for i in range(m):
+            on_epoch({"epoch": 0, "member": i, "valid": {"NDCG@5": sweep["lr"][i]}})
+        vals = [
+            {n: lr for n in ("Recall@1", "Recall@5", "NDCG@5")} for lr in sweep["lr"]
+        ]
+        return types.SimpleNamespace(
+            valid=vals, test=vals, best_epoch=[0] * m, seconds_per_epoch=0.1
+        )
+
+    return fit
+
+
+def test_grid_resumes_and_records_divergence(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_lib, "fit", fake_fit(calls))
+    base = Config(hidden=8, max_len=6, layers=1)
+    configs, _ = search.expand(base, {"lr": [0.01, 0.02, 5.0], "layers": [1, 2]})
+    label, seqs = search.load_dataset("smoke")
+    table = grid.run_search(configs, seqs, label, str(tmp_path))
+    # Per shape: the ensemble diverges, then each member runs alone.
+    assert len(calls) == 2 * (1 + 3)
+    recs = list(table.records.values())
+    assert sorted(r["status"] for r in recs) == ["failed"] * 2 + ["ok"] * 4
+    assert all(r["config"]["lr"] == 5.0 for r in recs if r["status"] == "failed")
+    calls.clear()
+    again = grid.run_search(configs, seqs, label, str(tmp_path))
+    assert calls == [] and len(again) == 6
+    best = grid.write_outputs(again, str(tmp_path), label=label, backbone="sasrec",
+                              space="test")  # fmt: skip
+    assert best["config"]["lr"] == 0.02
+    saved = json.loads((tmp_path / "best.json").read_text())
+    assert saved["hash"] == best["hash"] and saved["dataset"] == "smoke"
+    md = (tmp_path / "summary.md").read_text()
+    assert "4 finished, 2 failed" in md and "| layers | lr |" in md
+    csv_lines = (tmp_path / "summary.csv").read_text().splitlines()
+    assert len(csv_lines) == 7 and csv_lines[0].startswith("hash,status,backbone")
+
+
+def test_table_entries_gpu_budget():
+    ds, bb = ["ml-1m", "beauty"], ["sasrec", "stosa"]
+    t2 = reproduce.table_entries("2", ds, bb, "gpu")
+    assert len(t2) == 2 * (4 + 5)
+    ml = [c for d, c in t2 if d == "ml-1m" and c.backbone == "sasrec"]
+    assert {(c.max_len, c.hidden, c.layers, c.dropout) for c in ml} == {
+        (200, 50, 2, 0.2)
+    }
+    t3 = reproduce.table_entries("3", ds, bb, "gpu")
+    assert len(t3) == (4 + 5) * 4 and {d for d, _ in t3} == {"beauty"}
+    ab = reproduce.table_entries("refine", ds, bb, "gpu")
+    assert len(ab) == 2 * (3 + 4) * 2
+    assert {c.refine_input for _, c in ab} == {"scores", "probs"}
+    tuned = [{"dataset": "beauty", "backbone": "sasrec",
+              "config": dataclasses.asdict(Config(hidden=128))}]  # fmt: skip
+    cfg = reproduce.base_config("beauty", "sasrec", "gpu", tuned)
+    assert cfg.hidden == 128
+
+
+def test_manifest_merges_commands(tmp_path):
+    def specs(ds, mechs):
+        return [(ds, Config(mech=m), f"{ds}-{m}") for m in mechs]
+
+    kw = dict(budget="gpu", seeds=[0])
+    reproduce.write_manifest(
+        tmp_path, "2", specs("a", ["none", "add"]), command="1", **kw
+    )
+    reproduce.write_manifest(tmp_path, "2", specs("b", ["none"]), command="2", **kw)
+    path = reproduce.write_manifest(
+        tmp_path, "2", specs("a", ["add"]), command="1", **kw
+    )
+    info = json.loads(open(path).read())
+    assert [e["cell"] for e in info["entries"]] == ["cells/a-none", "cells/a-add",
+                                                    "cells/b-none"]  # fmt: skip
+    assert info["commands"] == ["2", "1"]
+
+
+def write_fake_cells(root, table="2", specs=None):
+    """A results folder for ``table``: cells (mech, layers, refine_input, ranks)
+    of 2 seeds; by default Table 2's none and add at 2 layers."""
+    from awrsr_jax.ops.metrics import rank_metrics
+
+    entries = []
+    specs = specs or [(m, 2, "scores", r) for m, r in RANKS.items()]
+    for mech, layers, ri, ranks in specs:
+        name = f"{mech}-{layers}-{ri}"
+        cell = root / "cells" / name
+        cell.mkdir(parents=True)
+        vals = rank_metrics(ranks)
+        test = [{k: float(v[s].mean()) for k, v in vals.items()} for s in range(2)]
+        cfg = dataclasses.asdict(Config(mech=mech, hidden=8, max_len=16))
+        res = dict(status="ok", config=cfg, seeds=[0, 1], test=test, valid=test,
+                   wall_s=1.0, device="cpu", platform="cpu", jax="x", params=100,
+                   refine_params=0 if mech == "none" else 512,
+                   seconds_per_epoch=0.5)  # fmt: skip
+        (cell / "results.json").write_text(json.dumps(res))
+        np.save(cell / "test_ranks.npy", ranks.astype(np.int32))
+        with open(cell / "metrics.jsonl", "w") as f:
+            for e in range(60):
+                for m in range(2):
+                    rec = {"epoch": e, "member": m, "loss": 1.0, "grad_norm": e + m}
+                    rec["valid"] = {"NDCG@5": 0.01 * e + m}
+                    f.write(json.dumps(rec) + "\n")
+        seq = np.arange(16) - 2
+        amat = np.arange(16 * 16, dtype=float).reshape(1, 1, 16, 16)
+        np.savez(cell / "attention.npz", A=amat, B=-amat, seq=seq, row=np.int64(0))
+        entries.append({"dataset": "toy", "backbone": "sasrec", "mech": mech,
+                        "layers": layers, "refine_input": ri,
+                        "cell": f"cells/{name}"})  # fmt: skip
+    info = {"table": table, "budget": "smoke", "seeds": [0, 1], "commands": ["cmd"],
+            "wall_s": 2.0, "entries": entries}  # fmt: skip
+    (root / f"table{table}.json").write_text(json.dumps(info))
+
+
+def test_render_table2_values(tmp_path):
+    write_fake_cells(tmp_path)
+    md_path, sum_path = reproduce.render(tmp_path, "2", tmp_path / "out")
+    summary = json.loads(open(sum_path).read())
+    none, add = summary
+    mean_none = ndcg5(RANKS["none"]).mean()
+    mean_add = ndcg5(RANKS["add"]).mean()
+    assert none["ours"]["mean"]["NDCG@5"] == pytest.approx(mean_none, rel=1e-5)
+    imp = add["vs_original"]["improvement_pct"]["NDCG@5"]
+    assert imp == pytest.approx(100 * (mean_add / mean_none - 1), rel=1e-4)
+    ref = stats.paired_test(ndcg5(RANKS["add"]).mean(0), ndcg5(RANKS["none"]).mean(0))
+    assert add["vs_original"]["p_t"] == pytest.approx(ref.p_t, rel=1e-5)
+    md = open(md_path).read()
+    assert "| add | " in md and f"{mean_add:.4f} ± " in md
+    assert "## toy / sasrec" in md and "Hardware: cpu (cpu, jax x)" in md
+
+
+def test_render_table3_and_refine(tmp_path):
+    specs = [(m, n, "scores", r + n - 1) for n in (1, 2) for m, r in RANKS.items()]
+    write_fake_cells(tmp_path, "3", specs)
+    md_path, sum_path = reproduce.render(tmp_path, "3", tmp_path)
+    rows = json.loads(open(sum_path).read())
+    assert [(r["mech"], r["layers"]) for r in rows] == [
+        ("none", 1), ("none", 2), ("add", 1), ("add", 2)]  # fmt: skip
+    deeper = ndcg5(RANKS["add"] + 1).mean()
+    assert rows[3]["ours"]["mean"]["NDCG@5"] == pytest.approx(deeper, rel=1e-5)
+    assert rows[0]["vs_original"] is None and rows[3]["vs_original"]["n"] == 6
+    assert "| toy | sasrec | add | " in open(md_path).read()
+    specs = [("add", 2, "scores", RANKS["none"]), ("add", 2, "probs", RANKS["add"])]
+    write_fake_cells(tmp_path / "ab", "refine", specs)
+    _, sum_path = reproduce.render(tmp_path / "ab", "refine", tmp_path / "ab")
+    (row,) = json.loads(open(sum_path).read())
+    imp = row["probs_vs_scores"]["improvement_pct"]["NDCG@5"]
+    want = 100 * (ndcg5(RANKS["add"]).mean() / ndcg5(RANKS["none"]).mean() - 1)
+    assert imp == pytest.approx(want, rel=1e-4)
+
+
+def test_paper_reference_values_are_labelled():
+    assert reproduce.PAPER_TABLE2[("ml-1m", "sasrec", "none")] == {
+        "Recall@5": 0.0959, "NDCG@5": 0.0616}  # fmt: skip
+    assert reproduce.PAPER_TABLE2[("beauty", "stosa", "none")] == {"NDCG@5": 0.0285}
+
+
+def test_figure_helpers():
+    ranks = np.array([[1, 3], [2, 30]])
+    want = [np.mean(np.where(ranks <= n, 1 / np.log2(ranks + 1), 0)) for n in (1, 2, 3)]
+    np.testing.assert_allclose(figures.ndcg_at(ranks, (1, 2, 3)), want, rtol=1e-6)
+    seq = np.array([0, 0, 5, 6])
+    tail = figures.masked_tail(np.ones((4, 4)), seq, last=3)
+    assert np.isnan(tail[0]).all()  # query at a padded position
+    # Padded key column, then the causal mask above the diagonal.
+    assert np.isnan(tail[1:]).tolist() == [[True, False, True], [True, False, False]]
+    recs = [{"epoch": e, "member": 0, "grad_norm": float(e)} for e in range(80)]
+    x, y = figures.grad_tail(recs)
+    assert x.tolist() == list(range(-49, 1)) and y[-1] == 79.0
+    recs = [{"epoch": 0, "member": m, "valid": {"NDCG@5": m}} for m in (0, 1)]
+    assert figures.valid_curve(recs)[1].tolist() == [0.5]
+
+
+def test_make_figures_and_complexity_from_results(tmp_path):
+    write_fake_cells(tmp_path)
+    paths = figures.make_figures(tmp_path, tmp_path / "fig", mech="add")
+    assert [p.rsplit("/", 1)[1] for p in paths] == [
+        "fig2_ndcg_at_n.png", "fig3_attention.png", "fig4_valid_ndcg.png",
+        "fig5_grad_norm.png"]  # fmt: skip
+    assert all(open(p, "rb").read(4) == b"\x89PNG" for p in paths)
+    rows = complexity.from_results(tmp_path)
+    assert [(r["mech"], r["refine_params"], r["members"]) for r in rows] == [
+        ("none", 0, 2), ("add", 512, 2)]  # fmt: skip
+    md = complexity.markdown(rows, "cpu")
+    assert (
+        "| toy | sasrec | add | 16 | 2 | 100 | 512 | +0.0% | 2 | 0.5000 | 1.00x |" in md
+    )
+
+
+def test_param_counts_from_shapes():
+    cfg = Config(hidden=8, max_len=6, layers=2, mech="add")
+    got = complexity.param_shapes(cfg, num_items=20)
+    refine = 2 * 6 * 6  # W_RQ and W_RK, n x n, per layer
+    # LayerNorms 2x8, q/k/v and two FFN denses 8x8 + 8, refinement matrices.
+    block = 2 * 16 + 5 * (64 + 8) + refine
+    embeddings = 21 * 8 + 6 * 8  # items (with padding id 0) and positions
+    assert got == {"params": embeddings + 2 * block + 16, "refine_params": 2 * refine}
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_end_to_end(tmp_path):
+    """Real training on tiny data: Table 2 cells, resume, tables, figures."""
+    b = reproduce.BUDGETS["smoke"]
+    entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                      mechs=["none", "add"])  # fmt: skip
+    kw = dict(seeds=[0, 1], epochs=b["epochs"], patience=b["patience"], budget="smoke")
+    reproduce.run_table("2", entries, str(tmp_path), **kw)
+    cells = sorted((tmp_path / "cells").iterdir())
+    assert len(cells) == 2
+    res = json.loads((cells[0] / "results.json").read_text())
+    assert res["status"] == "ok" and len(res["test"]) == 2
+    ranks = np.load(cells[0] / "test_ranks.npy", allow_pickle=False)
+    assert ranks.shape[0] == 2 and ranks.min() >= 1
+    att = np.load(cells[0] / "attention.npz")
+    assert att["A"].shape == (1, 1, 10, 10)
+    stamp = (cells[0] / "results.json").stat().st_mtime_ns
+    reproduce.run_table("2", entries, str(tmp_path), **kw)  # resumes: no retraining
+    assert (cells[0] / "results.json").stat().st_mtime_ns == stamp
+    md_path, _ = reproduce.render(tmp_path, "2", tmp_path)
+    assert "## smoke / sasrec" in open(md_path).read()
+    assert len(figures.make_figures(tmp_path, tmp_path / "fig")) == 4
