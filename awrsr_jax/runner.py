@@ -1,28 +1,61 @@
 """One experiment end to end: data -> fit -> files under the workdir.
 
 ``run`` is what ``python -m experiments.main`` calls. It writes, under
-``workdir``: ``config.json`` (the config plus the dataset's name, path and
-content hash), ``metrics.jsonl`` (one JSON line per member and epoch) and
-``results.json`` (``valid`` and ``test`` objects keyed by metric name, the
-protocol, epochs and timing). Files are written to a temporary name and renamed,
-so an interrupted run never leaves a half-written result.
+``workdir`` and nowhere else: ``config.json`` (the config plus the dataset's
+name, path, content hash, item count and the code version), ``metrics.jsonl``
+(one JSON line per member and epoch), ``checkpoints/`` (see
+:mod:`awrsr_jax.checkpoint`), ``results.json`` (``valid`` and ``test`` objects
+keyed by metric name, the protocol, epochs and timing) and ``test_ranks.npy``.
+Files are written to a temporary name and renamed; a symlink or a name that
+would leave the workdir is refused.
+
+Resuming: running the same command with the same workdir continues from the
+newest checkpoint (saved every ``checkpoint_every`` epochs and at the end);
+``metrics.jsonl`` is rewritten from the history saved in that checkpoint, so
+lines of epochs after it are dropped and recomputed identically. A different
+config, dataset, seed list or sweep in an existing workdir is refused.
+
+SIGTERM: the handler only sets a flag; at the next epoch boundary (an epoch is
+one compiled call, so it is our step boundary) the loop state is saved and
+:class:`Preempted` is raised; ``experiments.main`` then exits 0. A non-finite
+loss, gradient or parameter raises ``FloatingPointError`` naming the epoch; it
+is checked before the epoch can be saved or selected as best.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 
 import numpy as np
 from tqdm import tqdm
 
+from awrsr_jax import checkpoint, train
 from awrsr_jax import data as data_lib
-from awrsr_jax import train
 from awrsr_jax.config import Config, validate
 from awrsr_jax.ops.metrics import metric_names
 
 DATASETS = ("synthetic", "file")
+IDENTITY = ("config", "dataset", "data_sha256", "seeds", "sweep")
+
+
+class Preempted(BaseException):  # noqa: N818 (an interruption, not an error)
+    """Raised by :func:`run` after SIGTERM, once the checkpoint is saved.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that code catching
+    ``Exception`` for failed trials (a grid) does not swallow a shutdown.
+    """
+
+    def __init__(self, epoch: int, workdir: str):
+        super().__init__(
+            f"stopped by SIGTERM after epoch {epoch - 1}; checkpoint saved in "
+            f"{workdir}; run the same command again to resume"
+        )
+        self.epoch = epoch
 
 
 def protocol_text(cfg: Config, num_items: int) -> str:
@@ -37,15 +70,35 @@ def protocol_text(cfg: Config, num_items: int) -> str:
     )
 
 
-def load_sequences(dataset: str, data_file: str | None, data_format: str = "auto"):
-    """``{user: items}`` for ``--dataset`` (``synthetic`` or ``file``)."""
-    if dataset == "synthetic":
-        return data_lib.generate()
+def check_inputs(dataset: str, data_file: str | None) -> None:
+    """Flag checks that need no data: run before anything is loaded or compiled."""
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset={dataset!r}: choose from {DATASETS}")
     if dataset == "file":
         if not data_file:
             raise ValueError("--data_file: required with --dataset=file")
-        return data_lib.read_sequences(data_file, data_format)
-    raise ValueError(f"--dataset={dataset!r}: choose from {DATASETS}")
+        if not os.path.isfile(data_file):
+            raise ValueError(f"--data_file={data_file}: cannot read (no such file)")
+
+
+def load_sequences(dataset: str, data_file: str | None, data_format: str = "auto"):
+    """``{user: items}`` for ``--dataset`` (``synthetic`` or ``file``)."""
+    check_inputs(dataset, data_file)
+    if dataset == "synthetic":
+        return data_lib.generate()
+    return data_lib.read_sequences(data_file, data_format)
+
+
+def output_path(workdir: str, name: str) -> str:
+    """``workdir/name`` for a file this run writes; refuses escapes and symlinks."""
+    if not name or os.path.isabs(name) or name in (".", "..") or "/" in name:
+        raise ValueError(f"refusing output name {name!r}: must be a plain file name")
+    if "\\" in name or "\0" in name:
+        raise ValueError(f"refusing output name {name!r}")
+    path = os.path.join(workdir, name)
+    if os.path.islink(path):
+        raise ValueError(f"refusing to write through the symlink {path}")
+    return path
 
 
 def write_json(path: str, obj) -> None:
@@ -54,6 +107,64 @@ def write_json(path: str, obj) -> None:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def _write_lines(path: str, records) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)
+
+
+def _save_npy(path: str, arr) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(arr), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def read_ranks(workdir: str) -> np.ndarray:
+    """``test_ranks.npy`` of a finished run (never unpickles)."""
+    return np.load(os.path.join(workdir, "test_ranks.npy"), allow_pickle=False)
+
+
+def check_same_run(old: dict, new: dict, where: str) -> None:
+    """Refuses to continue ``old`` (a saved identity) with a different ``new``."""
+    diffs = []
+    for key in IDENTITY:
+        a, b = old.get(key), new.get(key)
+        if key == "config" and isinstance(a, dict):
+            diffs += [
+                f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            diffs.append(f"{key}: {str(a)[:40]!r} -> {str(b)[:40]!r}")
+    if diffs:
+        raise ValueError(
+            f"{where} belongs to a different run ({'; '.join(diffs[:4])}); "
+            "use a new --workdir or the original flags"
+        )
+
+
+class _TermFlag:
+    """SIGTERM sets ``requested``; the previous handler comes back on exit."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
 
 
 def results_table(res: train.FitResult, names=None) -> str:
@@ -74,47 +185,67 @@ def run(
     dataset: str = "synthetic",
     data_file: str | None = None,
     data_format: str = "auto",
+    sequences: dict | None = None,
     seeds=None,
     sweep: dict | None = None,
     quiet: bool = False,
+    checkpoint_every: int = 1,
+    keep_checkpoints: int = 2,
 ) -> dict:
-    """Trains ``cfg`` on the dataset and writes the run's files; returns results."""
-    validate(cfg)
-    seqs = load_sequences(dataset, data_file, data_format)
-    data, _ = data_lib.build(seqs, cfg.max_len)
-    os.makedirs(workdir, exist_ok=True)
-    meta = {
-        "config": json.loads(cfg.to_json()),
-        "dataset": dataset,
-        "data_file": os.path.abspath(data_file) if data_file else None,
-        "data_sha256": data_lib.fingerprint(seqs),
-        "seeds": train.members_of(cfg, seeds, sweep),
-        "sweep": sweep or {},
-    }
-    write_json(os.path.join(workdir, "config.json"), meta)
+    """Trains ``cfg`` (resuming from ``workdir`` if it holds this run); returns
+    the results. ``sequences`` passes data in memory (``dataset`` names it).
+
+    Raises ``ValueError`` for bad flags, data or a foreign workdir,
+    ``FloatingPointError`` on divergence and :class:`Preempted` after SIGTERM.
+    """
+    with _TermFlag() as term:
+        validate(cfg)
+        if checkpoint_every < 1:
+            raise ValueError(f"--checkpoint_every={checkpoint_every}: must be >= 1")
+        if keep_checkpoints < 1:
+            raise ValueError(f"--keep_checkpoints={keep_checkpoints}: must be >= 1")
+        if sequences is None:
+            check_inputs(dataset, data_file)
+        os.makedirs(workdir, exist_ok=True)
+        paths = {
+            n: output_path(workdir, n)
+            for n in (
+                "config.json",
+                "metrics.jsonl",
+                "results.json",
+                "test_ranks.npy",
+                "checkpoints",
+                "checkpoints-unreadable",
+            )
+        }
+        if sequences is None:
+            sequences = load_sequences(dataset, data_file, data_format)
+        data, _ = data_lib.build(sequences, cfg.max_len)
+        identity = {
+            "config": json.loads(cfg.to_json()),
+            "dataset": dataset,
+            "data_sha256": data_lib.fingerprint(sequences),
+            "seeds": train.members_of(cfg, seeds, sweep),
+            "sweep": sweep or {},
+        }
+        meta = identity | {
+            "data_file": os.path.abspath(data_file) if data_file else None,
+            "num_items": data.num_items,
+            "code_version": checkpoint.code_version(),
+        }
+        if os.path.exists(paths["config.json"]):
+            try:
+                with open(paths["config.json"]) as f:
+                    old = json.load(f)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{paths['config.json']}: unreadable ({e})") from None
+            check_same_run(old, identity, workdir)
+        store = checkpoint.Store(paths["checkpoints"], keep=keep_checkpoints)
+        try:
+            res = _train(cfg, data, meta, store, paths, term, checkpoint_every, quiet)
+        finally:
+            store.close()
     protocol = protocol_text(cfg, data.num_items)
-    log = sys.stderr
-    if not quiet:
-        print(
-            f"{dataset}: {len(seqs)} users, {data.num_items} items, "
-            f"{data.num_train} training rows, {data.num_eval} evaluated users",
-            file=log,
-        )
-    bar = tqdm(total=cfg.epochs, desc="epochs", disable=quiet, file=log)
-    with open(os.path.join(workdir, "metrics.jsonl"), "w") as mfile:
-
-        def on_epoch(rec):
-            mfile.write(json.dumps(rec) + "\n")
-            mfile.flush()
-            if rec["member"] == 0:
-                bar.update(1)
-                post = {"loss": f"{rec['loss']:.4f}"}
-                if "valid" in rec:
-                    post["valid NDCG@5"] = f"{rec['valid'][train.SELECT]:.4f}"
-                bar.set_postfix(post)
-
-        res = train.fit(cfg, data, seeds=seeds, sweep=sweep, on_epoch=on_epoch)
-    bar.close()
     single = len(res.test) == 1
     results = {
         "protocol": protocol,
@@ -124,8 +255,8 @@ def run(
         "epochs_run": res.epochs_run,
         "seconds_per_epoch": res.seconds_per_epoch,
     }
-    np.save(os.path.join(workdir, "test_ranks.npy"), res.test_ranks)
-    write_json(os.path.join(workdir, "results.json"), results)
+    _save_npy(paths["test_ranks.npy"], res.test_ranks)
+    write_json(paths["results.json"], results)
     if not quiet:
         print(f"\n{cfg.backbone} mech={cfg.mech} | protocol: {protocol}")
         print(results_table(res))
@@ -134,3 +265,81 @@ def run(
             f"{res.seconds_per_epoch:.3f} s/epoch; files in {workdir}"
         )
     return results
+
+
+def _train(cfg, data, meta, store, paths, term, every: int, quiet: bool):
+    """Restores or starts the loop, trains with checkpoints, returns FitResult."""
+    log = sys.stderr
+    loop, history = None, []
+    if store.latest() is not None:
+        t0 = time.perf_counter()
+        template = train.LoopState.template(cfg, data.num_items, meta["seeds"])
+        loop, saved = store.restore(template)
+        check_same_run(saved, meta, store.directory)
+        if saved.get("code_version") != meta["code_version"]:
+            print(
+                f"warning: resuming a checkpoint of code {saved.get('code_version')} "
+                f"with {meta['code_version']}; results may differ",
+                file=log,
+            )
+        history = list(saved["history"])
+        if not quiet:
+            print(
+                f"resumed at epoch {loop.epoch} from {store.directory} "
+                f"({time.perf_counter() - t0:.2f} s)",
+                file=log,
+            )
+    write_json(paths["config.json"], meta)
+    _write_lines(paths["metrics.jsonl"], history)
+    if not quiet:
+        print(
+            f"{meta['dataset']}: {data.num_items} items, "
+            f"{data.num_train} training rows, {data.num_eval} evaluated users",
+            file=log,
+        )
+    bar = tqdm(
+        total=cfg.epochs,
+        initial=loop.epoch if loop else 0,
+        desc="epochs",
+        disable=quiet,
+        file=log,
+    )
+    with open(paths["metrics.jsonl"], "a") as mfile:
+
+        def on_epoch(rec):
+            history.append(rec)
+            mfile.write(json.dumps(rec) + "\n")
+            mfile.flush()
+            if rec["member"] == 0:
+                bar.update(1)
+                post = {"loss": f"{rec['loss']:.4f}"}
+                if "valid" in rec:
+                    post["valid NDCG@5"] = f"{rec['valid'][train.SELECT]:.4f}"
+                bar.set_postfix(post)
+
+        def after_epoch(lp):
+            done = lp.epoch >= cfg.epochs or not lp.active.any()
+            if done or term.requested or lp.epoch % every == 0:
+                store.save(lp, meta | {"history": history})
+            if term.requested and not done:
+                raise Preempted(lp.epoch, os.path.dirname(store.directory))
+
+        try:
+            res = train.fit(
+                cfg,
+                data,
+                seeds=meta["seeds"],
+                sweep=meta["sweep"] or None,
+                loop=loop or train.LoopState.start(cfg, data.num_items, meta["seeds"]),
+                on_epoch=on_epoch,
+                after_epoch=after_epoch,
+            )
+        except FloatingPointError as e:
+            last = store.latest()
+            last = "none" if last is None else f"after epoch {last - 1}"
+            raise FloatingPointError(
+                f"{e}; not saved (last good checkpoint: {last}, in {store.directory})"
+            ) from None
+        finally:
+            bar.close()
+    return res

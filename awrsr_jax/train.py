@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from awrsr_jax import models
+from awrsr_jax import models, parallel
 from awrsr_jax.config import Config
+from awrsr_jax.data import sampling
 from awrsr_jax.data.dataset import SeqData
-from awrsr_jax.data.sampling import sample_negatives
 from awrsr_jax.ops import metrics
 
 HPARAMS = ("lr", "l2", "dropout", "pvn_weight")
@@ -83,8 +83,16 @@ def _loss_fn(params, cfg, num_items, hp, seq, pos, neg, key):
     return loss + hp["l2"] * penalty, loss
 
 
-def train_epoch(cfg: Config, state, hp, active, data: SeqData, epoch):
-    """One epoch of one member; ``active=False`` leaves its state untouched."""
+def train_epoch(cfg: Config, state, hp, active, data: SeqData, epoch, *, mesh=None):
+    """One epoch of one member; ``active=False`` leaves its state untouched.
+
+    Negatives come from the exact bitmask sampler when the ``[U, W]`` history
+    bitmask fits (:func:`sampling.bits_fit`), built here once per epoch (a
+    scatter of the training histories, a few ms); otherwise from the
+    binary-search rejection sampler. ``active`` is applied once after the scan
+    (it is constant within an epoch), not per step. With a ``mesh`` that has
+    a ``batch`` axis, each step's rows are split over its devices.
+    """
     u, bsz = data.num_train, cfg.batch_size
     steps = math.ceil(u / bsz)
     k_epoch = jax.random.fold_in(state["key"], epoch)
@@ -93,32 +101,51 @@ def train_epoch(cfg: Config, state, hp, active, data: SeqData, epoch):
     real = (jnp.arange(steps * bsz) < u).reshape(steps, bsz)
     tx = _optimizer()
     grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
+    use_bits = sampling.bits_fit(u, data.num_items)
+    if use_bits:
+        bits = sampling.history_bits(
+            data.hist_flat, data.hist_start, data.hist_end, data.num_items
+        )
+
+    def negatives(key, rows, shape):
+        if use_bits:
+            return sampling.sample_from_bits(key, bits[rows], shape[1])
+        start = jnp.broadcast_to(data.hist_start[rows][:, None], shape)
+        end = jnp.broadcast_to(data.hist_end[rows][:, None], shape)
+        return sampling.sample_negatives(
+            key, data.num_items, data.hist_flat, start, end
+        )
 
     def step(carry, xs):
         params, opt_state = carry
         i, rows, w = xs
+        rows, w = (
+            parallel.constrain_batch(rows, mesh),
+            parallel.constrain_batch(w, mesh),
+        )
         k_neg, k_drop = jax.random.split(jax.random.fold_in(k_epoch, i + 1))
         batch = data.train_seq[rows]
         seq, pos = batch[:, :-1], batch[:, 1:] * w[:, None]
-        start = jnp.broadcast_to(data.hist_start[rows][:, None], pos.shape)
-        end = jnp.broadcast_to(data.hist_end[rows][:, None], pos.shape)
-        neg = sample_negatives(k_neg, data.num_items, data.hist_flat, start, end)
+        neg = negatives(k_neg, rows, pos.shape)
         (_, loss), grads = grad_fn(
             params, cfg, data.num_items, hp, seq, pos, neg, k_drop
         )
-        updates, new_opt = tx.update(grads, opt_state)
-        new_params = jax.tree.map(lambda p, g: p - hp["lr"] * g, params, updates)
-
-        def keep(new, old):
-            return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
-
-        carry = (keep(new_params, params), keep(new_opt, opt_state))
-        return carry, (loss, optax.global_norm(grads))
+        updates, opt_state = tx.update(grads, opt_state)
+        params = jax.tree.map(lambda p, g: p - hp["lr"] * g, params, updates)
+        return (params, opt_state), (loss, optax.global_norm(grads))
 
     (params, opt_state), (loss, gnorm) = jax.lax.scan(
         step, (state["params"], state["opt_state"]), (jnp.arange(steps), idx, real)
     )
-    new_state = {"params": params, "opt_state": opt_state, "key": state["key"]}
+
+    def keep(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
+
+    new_state = {
+        "params": keep(params, state["params"]),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "key": state["key"],
+    }
     return new_state, {"loss": jnp.mean(loss), "grad_norm": jnp.mean(gnorm)}
 
 
@@ -137,23 +164,49 @@ def candidate_mask(hist_CxH, num_items: int):
     return where.at[jnp.arange(c)[:, None], hist_CxH].set(False)
 
 
-def eval_ranks(cfg: Config, params, data: SeqData, split: str, key=None):
+ITEM_CHUNK = 1 << 16  # catalogues larger than this are scored in item chunks
+
+
+def eval_ranks(
+    cfg: Config, params, data: SeqData, split: str, key=None, *, item_chunk=None
+):
     """Each evaluation user's rank of its target (one member), ``int32[Ue]``.
 
     ``cfg.protocol == "full"``: among all real items outside the history.
     ``"sampled100"``: among 100 items drawn uniformly from outside the user's
     whole sequence (SASRec paper's protocol; needs ``key``).
+
+    Users go in chunks of ``cfg.eval_chunk`` (``lax.map``). With more than
+    ``item_chunk`` (default :data:`ITEM_CHUNK`) items and a backbone that
+    offers ``user_state``/``score_items``, full-ranking scores are also built
+    ``item_chunk`` items at a time (:func:`_ranks_by_item_chunks`), so memory
+    is bounded by ``eval_chunk * item_chunk`` whatever the catalogue size.
     """
     inp, tgt, hist = _split_arrays(data, split)
     model = models.build(cfg, data.num_items)
     n, c = data.num_eval, min(cfg.eval_chunk, data.num_eval)
     chunks = math.ceil(n / c)
     idx = jnp.minimum(jnp.arange(chunks * c), n - 1).reshape(chunks, c)
+    ic = ITEM_CHUNK if item_chunk is None else item_chunk
+    by_items = (
+        cfg.protocol == "full"
+        and data.num_items + 1 > ic
+        and hasattr(type(model), "score_items")
+    )
 
     def one_chunk(rows):
+        if by_items:
+            state = model.apply(params, inp[rows], method="user_state")
+
+            def score(ids):
+                return model.apply(params, state, ids, method="score_items")
+
+            return _ranks_by_item_chunks(
+                score, tgt[rows], hist[rows], data.num_items, ic
+            )
         scores = model.apply(params, inp[rows], method="score_all")
-        where = candidate_mask(hist[rows], data.num_items)
         if cfg.protocol == "full":
+            where = candidate_mask(hist[rows], data.num_items)
             return metrics.target_rank(scores, tgt[rows], where_BxV=where)
         k = jax.random.fold_in(key, rows[0])
         full_hist = jnp.concatenate(
@@ -167,22 +220,87 @@ def eval_ranks(cfg: Config, params, data: SeqData, split: str, key=None):
     return jax.lax.map(one_chunk, idx).reshape(-1)[:n]
 
 
+def _chunk_candidates(ids_I, tgt_C, hist_CxH, num_items):
+    """``[C, I]`` candidate mask of one item chunk (``ids_I`` consecutive)."""
+    c, i = tgt_C.shape[0], ids_I.shape[0]
+    cand = (ids_I >= 1) & (ids_I <= num_items)
+    cand = cand[None] & (ids_I[None] != tgt_C[:, None])
+    local = hist_CxH - ids_I[0]
+    local = jnp.where((local >= 0) & (local < i), local, i)
+    return cand.at[jnp.arange(c)[:, None], local].set(False, mode="drop")
+
+
+def _ranks_by_item_chunks(score, tgt_C, hist_CxH, num_items: int, ic: int):
+    """Pessimistic ranks from ``score(ids_I) -> [C, I]``, ``ic`` items at a time.
+
+    Two passes: the first reads each target's score out of the chunk that
+    holds it (the same matmul that scores its rivals, so ties stay exact), the
+    second counts rivals at or above it, as :func:`metrics.target_rank` does.
+    """
+    starts = jnp.arange(math.ceil((num_items + 1) / ic)) * ic
+
+    def ids_of(o):
+        return o + jnp.arange(ic)
+
+    def target_pass(t, o):
+        ids = ids_of(o)
+        s = score(jnp.minimum(ids, num_items))
+        hit = ids[None] == tgt_C[:, None]
+        return t + jnp.sum(jnp.where(hit, s, 0.0), 1), None
+
+    t, _ = jax.lax.scan(target_pass, jnp.zeros(tgt_C.shape, jnp.float32), starts)
+
+    def count_pass(carry, o):
+        above, worst = carry
+        ids = ids_of(o)
+        s = score(jnp.minimum(ids, num_items))
+        cand = _chunk_candidates(ids, tgt_C, hist_CxH, num_items)
+        above = above + jnp.sum(cand & (s >= t[:, None]), 1)
+        return (above, worst + jnp.sum(cand, 1)), None
+
+    zero = jnp.zeros(tgt_C.shape, jnp.int32)
+    (above, worst), _ = jax.lax.scan(count_pass, (zero, zero), starts)
+    return 1 + jnp.where(jnp.isnan(t), worst, above).astype(jnp.int32)
+
+
+def top_k_items(score, hist_CxH, num_items: int, k: int, ic: int = ITEM_CHUNK):
+    """Top-``k`` ``(scores, ids)`` per row over items outside the history.
+
+    ``score(ids_I) -> [C, I]``; the catalogue is visited ``ic`` items at a
+    time with ``lax.top_k`` per chunk and a running merge, so a 1M-item
+    catalogue needs ``C * (ic + k)`` scores in memory, not ``C * V``. Equal
+    scores come out in id order, like ``lax.top_k`` over the whole catalogue.
+    """
+    c = hist_CxH.shape[0]
+    no_tgt = jnp.zeros((c,), jnp.int32)  # id 0 is never a candidate anyway
+
+    def body(best, o):
+        ids = o + jnp.arange(ic)
+        s = score(jnp.minimum(ids, num_items)).astype(jnp.float32)
+        cand = _chunk_candidates(ids, no_tgt, hist_CxH, num_items)
+        s, j = jax.lax.top_k(jnp.where(cand, s, -jnp.inf), min(k, ic))
+        vals = jnp.concatenate([best[0], s], 1)
+        ids_all = jnp.concatenate([best[1], ids[j]], 1)
+        top, pick = jax.lax.top_k(vals, k)
+        return (top, jnp.take_along_axis(ids_all, pick, 1)), None
+
+    init = (jnp.full((c, k), -jnp.inf), jnp.zeros((c, k), jnp.int32))
+    starts = jnp.arange(math.ceil((num_items + 1) / ic)) * ic
+    (top, ids), _ = jax.lax.scan(body, init, starts)
+    return top, ids
+
+
 def _sample_outside(key, hist_CxH, num_items, k):
-    """``k`` uniform items per row, none in the row's history (padded with 0)."""
+    """``k`` uniform items per row, none in the row's history (padded with 0).
 
-    def body(state):
-        i, negs, bad = state
-        new = jax.random.randint(
-            jax.random.fold_in(key, i), negs.shape, 1, num_items + 1
-        )
-        negs = jnp.where(bad, new, negs)
-        bad = jnp.any(negs[..., None] == hist_CxH[:, None, :], -1)
-        return i + 1, negs, bad
-
-    shape = (hist_CxH.shape[0], k)
-    init = (0, jnp.zeros(shape, jnp.int32), jnp.ones(shape, bool))
-    _, negs, _ = jax.lax.while_loop(lambda s: (s[0] < 64) & jnp.any(s[2]), body, init)
-    return negs
+    Exact: the history becomes a packed bitmask and each draw selects the j-th
+    free item (:func:`sampling.sample_from_bits`); no rejection loop.
+    """
+    c, h = hist_CxH.shape
+    flat = jnp.sort(hist_CxH, axis=1).reshape(-1)
+    start = jnp.arange(c, dtype=jnp.int32) * h
+    bits = sampling.history_bits(flat, start, start + h, num_items)
+    return sampling.sample_from_bits(key, bits, k)
 
 
 def summarize(ranks) -> dict[str, float]:
@@ -191,16 +309,48 @@ def summarize(ranks) -> dict[str, float]:
     return {k: float(jnp.mean(v)) for k, v in vals.items()}
 
 
+def over_members(fn, in_axes):
+    """``jax.vmap(fn, in_axes)``, except that a single member (leading axis 1)
+    calls ``fn`` unbatched: batched dot products and per-member gathers cost
+    ~20-30% of a one-member CPU epoch for nothing. The choice is made at trace
+    time from the static shapes, so both cases stay one compiled program."""
+    vmapped = jax.vmap(fn, in_axes=in_axes)
+
+    def call(*args):
+        sizes = {
+            x.shape[0]
+            for a, ax in zip(args, in_axes)
+            if ax == 0
+            for x in jax.tree.leaves(a)
+        }
+        if sizes != {1}:
+            return vmapped(*args)
+        squeezed = [
+            jax.tree.map(lambda x: x[0], a) if ax == 0 else a
+            for a, ax in zip(args, in_axes)
+        ]
+        return jax.tree.map(lambda x: x[None], fn(*squeezed))
+
+    return call
+
+
 @functools.cache
-def compiled(cfg: Config):
-    """The jitted, member-vmapped epoch and evaluation functions of ``cfg``."""
+def compiled(cfg: Config, mesh=None):
+    """The jitted, member-vmapped epoch and evaluation functions of ``cfg``.
+
+    ``mesh`` (see :mod:`awrsr_jax.parallel`): a ``batch`` axis splits each
+    training batch over its devices; the caller places the inputs
+    (``parallel.replicate`` / ``parallel.shard_members``).
+    """
+    epoch = functools.partial(train_epoch, cfg, mesh=mesh)
     epoch_fn = jax.jit(
-        jax.vmap(functools.partial(train_epoch, cfg), in_axes=(0, 0, 0, None, None)),
+        over_members(epoch, (0, 0, 0, None, None)),
         donate_argnums=(0,),
     )
 
     def eval_members(params, data, split, key):
-        return jax.vmap(lambda p: eval_ranks(cfg, p, data, split, key))(params)
+        one = functools.partial(eval_ranks, cfg, split=split, key=key)
+        return over_members(lambda p, d: one(p, d), (0, None))(params, data)
 
     eval_fn = jax.jit(eval_members, static_argnums=(2,))
     return epoch_fn, eval_fn
@@ -226,7 +376,7 @@ class LoopState:
     @classmethod
     def start(cls, cfg: Config, num_items: int, seeds) -> LoopState:
         m = len(seeds)
-        state = init_state(cfg, num_items, seeds)
+        state = _init_fn(cfg, num_items)(jnp.asarray(seeds, jnp.uint32))
         return cls(
             epoch=0,
             state=state,
@@ -237,6 +387,30 @@ class LoopState:
             active=np.ones(m, bool),
             seconds=[],
         )
+
+    @classmethod
+    def template(cls, cfg: Config, num_items: int, seeds) -> LoopState:
+        """Shapes and dtypes only (nothing computed): a target to restore into."""
+        state = jax.eval_shape(
+            _init_fn(cfg, num_items), jnp.zeros(len(seeds), jnp.uint32)
+        )
+        m = len(seeds)
+        return cls(
+            epoch=0,
+            state=state,
+            best_params=state["params"],
+            best=np.full(m, -np.inf),
+            best_epoch=np.full(m, -1),
+            bad=np.zeros(m, np.int64),
+            active=np.ones(m, bool),
+            seconds=[],
+        )
+
+
+@functools.cache
+def _init_fn(cfg: Config, num_items: int):
+    # Cached so that every start() of one config reuses one compiled init.
+    return jax.jit(jax.vmap(functools.partial(init_member, cfg, num_items)))
 
 
 @dataclasses.dataclass
@@ -295,11 +469,7 @@ def fit(
         )
         stats = jax.device_get(stats)
         loop.seconds.append(time.perf_counter() - t0)
-        bad_members = np.flatnonzero(~np.isfinite(stats["loss"]) & was_active)
-        if bad_members.size:
-            raise FloatingPointError(
-                f"non-finite training loss at epoch {epoch} (members {bad_members.tolist()})"
-            )
+        _check_finite(epoch, stats, loop.state["params"], was_active)
         records = [
             {
                 "epoch": epoch,
@@ -332,6 +502,38 @@ def fit(
         if after_epoch and after_epoch(loop):
             break
     return finish(cfg, data, loop)
+
+
+def _check_finite(epoch: int, stats: dict, params, active: np.ndarray) -> None:
+    """Raises ``FloatingPointError`` naming the epoch if an active member's loss,
+    gradient norm or parameters are not finite.
+
+    Runs before the epoch is counted, selected as best or handed to
+    ``after_epoch``, so no checkpoint ever holds the diverged state. The epoch
+    is the step boundary: one epoch is one compiled call.
+    """
+    checks = {
+        "training loss": np.isfinite(stats["loss"]),
+        "gradient": np.isfinite(stats["grad_norm"]),
+        "parameters": np.asarray(_finite_members(params)),
+    }
+    found = [
+        f"{what} (members {bad.tolist()})"
+        for what, ok in checks.items()
+        if (bad := np.flatnonzero(~ok & active)).size
+    ]
+    if found:
+        raise FloatingPointError(f"non-finite {', '.join(found)} at epoch {epoch}")
+
+
+@jax.jit
+def _finite_members(tree):
+    """``bool[M]``: every entry of member m's leaves is finite."""
+    oks = [
+        jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)
+        for x in jax.tree.leaves(tree)
+    ]
+    return functools.reduce(jnp.logical_and, oks)
 
 
 def finish(cfg: Config, data: SeqData, loop: LoopState) -> FitResult:

@@ -145,8 +145,12 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
     by_mech = {e["mech"]: e for e, _ in panels.get(key, [])}
     if "none" not in by_mech or mech not in by_mech:
         raise ValueError(f"Figure 3 needs none and {mech} cells for {key}")
-    base = np.load(os.path.join(cell_dir(by_mech["none"]), "attention.npz"))
-    ref = np.load(os.path.join(cell_dir(by_mech[mech]), "attention.npz"))
+    base = np.load(
+        os.path.join(cell_dir(by_mech["none"]), "attention.npz"), allow_pickle=False
+    )
+    ref = np.load(
+        os.path.join(cell_dir(by_mech[mech]), "attention.npz"), allow_pickle=False
+    )
     maps = [("A, Original", base["A"], base["seq"]),
             (f"A, {mech}", ref["A"], ref["seq"]),
             (f"B, {mech}", ref["B"], ref["seq"])]  # fmt: skip

@@ -1,8 +1,10 @@
 """One training run: ``python -m experiments.main --backbone=sasrec --mech=value``.
 
 Trains on the embedded synthetic dataset by default, or on a sequence file with
-``--dataset=file --data_file=PATH``; writes config.json, metrics.jsonl and
-results.json under ``--workdir`` and prints the results with the protocol.
+``--dataset=file --data_file=PATH``; writes config.json, metrics.jsonl,
+checkpoints/ and results.json under ``--workdir`` and prints the results with
+the protocol. Running the same command again resumes from the newest checkpoint;
+SIGTERM saves at the next epoch and exits 0; divergence exits 1 naming the epoch.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from awrsr_jax import runner
 from awrsr_jax.config import Config, validate
@@ -35,6 +37,10 @@ flags.DEFINE_string("data_file", None, "sequence file (user-line or user-item pa
 flags.DEFINE_enum("data_format", "auto", ["auto", "user-line", "pairs"], "file layout")
 flags.DEFINE_string("workdir", "runs/default", "output folder")
 flags.DEFINE_integer("seeds", 1, "train this many seeds at once (vmapped ensemble)")
+flags.DEFINE_integer(
+    "checkpoint_every", 1, "save the loop state every N epochs (and at the end)"
+)
+flags.DEFINE_integer("keep_checkpoints", 2, "newest checkpoints kept (each has best)")
 FLAGS = flags.FLAGS
 
 
@@ -44,6 +50,7 @@ def config_from_flags() -> Config:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
         cfg = validate(config_from_flags())
         if FLAGS.seeds < 1:
@@ -55,8 +62,13 @@ def main(argv):
             data_file=FLAGS.data_file,
             data_format=FLAGS.data_format,
             seeds=[cfg.seed + i for i in range(FLAGS.seeds)],
+            checkpoint_every=FLAGS.checkpoint_every,
+            keep_checkpoints=FLAGS.keep_checkpoints,
         )
-    except (ValueError, OSError) as e:
+    except runner.Preempted as e:
+        # A clean stop: the state is saved and the same command resumes it.
+        print(e, file=sys.stderr)
+    except (ValueError, OSError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -89,6 +89,11 @@ def build(seqs: dict[int, list[int]], max_len: int, num_items: int | None = None
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
     n_items = num_items_of(seqs) if num_items is None else num_items
+    # Host-side id check: inside jit an out-of-range gather is clamped silently.
+    for u, s in seqs.items():
+        bad = [x for x in s if not 1 <= x <= n_items]
+        if bad:
+            raise ValueError(f"user {u}: item {bad[0]} outside 1..{n_items}")
     train, valid, test = leave_one_out(seqs)
     rows = [s for s in train.values() if len(s) >= 2]
     hist = [np.unique(np.asarray(s, np.int32)) for s in train.values() if len(s) >= 2]

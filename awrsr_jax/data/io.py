@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 FORMATS = ("auto", "user-line", "pairs")
+MAX_ID = 2**31 - 1
 
 
 class DataFileError(ValueError):
@@ -57,14 +58,33 @@ def _parse_lines(path):
             ids.append(int(tok))
         if any(x == 0 for x in ids):
             raise DataFileError(path, i, "id 0 is reserved for padding", text)
+        if any(x > MAX_ID for x in ids):
+            # Device arrays are int32: a larger id would wrap silently.
+            raise DataFileError(path, i, f"id larger than {MAX_ID}", text)
         rows.append((i, ids))
     if not rows:
         raise DataFileError(path, None, "no sequences (empty file)")
     return rows
 
 
-def read_sequences(path: str | os.PathLike, fmt: str = "auto") -> dict[int, list[int]]:
-    """Reads a sequence file; returns ``{user: items}`` in file order."""
+def _check_range(path, rows, fmt: str, max_item: int) -> None:
+    """Item ids above ``max_item`` (the catalogue), named with their line."""
+    for i, ids in rows:
+        items = ids[1:] if fmt == "user-line" else ids[1:2]
+        bad = [x for x in items if x > max_item]
+        if bad:
+            raise DataFileError(
+                path, i, f"item {bad[0]} is not in the catalogue (ids 1..{max_item})"
+            )
+
+
+def read_sequences(
+    path: str | os.PathLike, fmt: str = "auto", *, max_item: int | None = None
+) -> dict[int, list[int]]:
+    """Reads a sequence file; returns ``{user: items}`` in file order.
+
+    ``max_item`` (a trained model's catalogue size) rejects larger item ids.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     path = os.fspath(path)
@@ -93,6 +113,8 @@ def read_sequences(path: str | os.PathLike, fmt: str = "auto") -> dict[int, list
             if ids[0] in seqs:
                 raise DataFileError(path, i, f"user {ids[0]} appears twice")
             seqs[ids[0]] = ids[1:]
+    if max_item is not None:
+        _check_range(path, rows, fmt, max_item)
     return seqs
 
 

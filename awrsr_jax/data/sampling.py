@@ -1,8 +1,19 @@
 """Negative sampling inside jit, from items outside each user's history.
 
 Histories are sorted segments of one flat array (``SeqData.hist_flat`` with
-``hist_start``/``hist_end``); membership is a fixed-depth binary search, so the
-sampler has static shapes and works under ``vmap``.
+``hist_start``/``hist_end``). Two exact samplers, both with static shapes and
+safe under ``vmap``:
+
+* :func:`sample_from_bits` (used for training): each user's history as a
+  packed bitmask ``uint32[U, W]`` (``W = ceil((V + 1) / 32)``, built once per
+  epoch by :func:`history_bits`); a draw picks ``j`` uniform in
+  ``[0, #free items)`` and returns the j-th free item (rank/select on the
+  bitmask). No rejection loop, so a user who rated most of the catalogue costs
+  the same as any other, and the result is exactly uniform.
+* :func:`sample_negatives`: rejection sampling with a binary search per draw,
+  for catalogues whose bitmask would not fit (:func:`bits_fit`).
+
+Shape letters: U users, W bitmask words, B rows, K draws per row.
 """
 
 from __future__ import annotations
@@ -50,3 +61,75 @@ def sample_negatives(key, num_items, flat, start, end, max_tries: int = 64):
     bad = segment_contains(flat, start, end, neg)
     _, neg, _ = jax.lax.while_loop(cond, body, (1, neg, bad))
     return neg
+
+
+BITS_BUDGET = 1 << 28  # bytes of bitmask beyond which training falls back
+
+
+def bits_fit(num_users: int, num_items: int) -> bool:
+    """Whether the ``[U, W]`` history bitmask stays within :data:`BITS_BUDGET`."""
+    return num_users * ((num_items + 32) // 32) * 4 <= BITS_BUDGET
+
+
+def history_bits(flat, start, end, num_items: int):
+    """``uint32[U, W]``: bit ``i`` of user u is set iff item i is in its segment.
+
+    Bit 0 (the padding id) and the bits past ``num_items`` are set too, so the
+    clear bits are exactly the items a negative may be. Repeated items within a
+    segment (they are sorted, so repeats are adjacent) are counted once.
+    """
+    u, n = start.shape[0], flat.shape[0]
+    words = (num_items + 32) // 32
+    i = jnp.arange(n, dtype=jnp.int32)
+    seg = jnp.searchsorted(end, i, side="right").astype(jnp.int32)
+    first = (i == 0) | (flat != jnp.roll(flat, 1)) | (seg != jnp.roll(seg, 1))
+    real = (seg < u) & first & (flat >= 0) & (flat <= num_items)
+    bit = jnp.where(
+        real, jnp.left_shift(jnp.uint32(1), (flat & 31).astype(jnp.uint32)), 0
+    )
+    bits = jnp.zeros((u, words), jnp.uint32)
+    # Bits within a row are distinct, so adding them is a bitwise or.
+    bits = bits.at[jnp.where(real, seg, u), flat >> 5].add(bit, mode="drop")
+    item = jnp.arange(words * 32, dtype=jnp.int32).reshape(words, 32)
+    fixed = (item == 0) | (item > num_items)
+    fixed_w = jnp.sum(
+        jnp.where(fixed, jnp.uint32(1) << jnp.arange(32, dtype=jnp.uint32), 0),
+        1,
+        dtype=jnp.uint32,
+    )
+    return bits | fixed_w
+
+
+def _select_bit(word, r):
+    """Position of the r-th (0-based) set bit of ``word`` (elementwise)."""
+    pos = jnp.zeros(word.shape, jnp.int32)
+    for width in (16, 8, 4, 2, 1):
+        low = word & jnp.uint32((1 << width) - 1)
+        c = jax.lax.population_count(low).astype(jnp.int32)
+        up = r >= c
+        r = jnp.where(up, r - c, r)
+        word = jnp.where(up, word >> width, low)
+        pos = pos + jnp.where(up, width, 0)
+    return pos
+
+
+def sample_from_bits(key, bits_BxW, k: int):
+    """``int32[B, k]``: uniform draws among each row's clear bits (exact).
+
+    A row with no clear bit (a user who rated every item) gets item 1: there
+    is no valid negative; such users do not occur in the benchmark data.
+    """
+    free_BxW = ~bits_BxW
+    cum_BxW = jnp.cumsum(jax.lax.population_count(free_BxW).astype(jnp.int32), 1)
+    total_B = cum_BxW[:, -1]
+    j_BxK = jax.random.randint(
+        key, (bits_BxW.shape[0], k), 0, jnp.maximum(total_B, 1)[:, None]
+    )
+    w_BxK = jax.vmap(lambda c, j: jnp.searchsorted(c, j, side="right"))(cum_BxW, j_BxK)
+    w_BxK = jnp.minimum(w_BxK, bits_BxW.shape[1] - 1).astype(jnp.int32)
+    before = jnp.take_along_axis(cum_BxW, w_BxK, 1) - jnp.take_along_axis(
+        jax.lax.population_count(free_BxW).astype(jnp.int32), w_BxK, 1
+    )
+    word = jnp.take_along_axis(free_BxW, w_BxK, 1)
+    item = w_BxK * 32 + _select_bit(word, j_BxK - before)
+    return jnp.where(total_B[:, None] > 0, item, jnp.maximum(j_BxK, 1))

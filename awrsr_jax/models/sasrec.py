@@ -136,6 +136,18 @@ class SASRec(nn.Module):
         h = self(seq_BxL, train=False)[:, -1]
         return h @ self.item_emb.T
 
+    def user_state(self, seq_BxL):
+        """``BxD``: what :meth:`score_items` scores against (no dropout)."""
+        return self(seq_BxL, train=False)[:, -1]
+
+    def score_items(self, state_BxD, items):
+        """Scores of ``items`` (``[I]`` for every row, or ``[B, I]``) for each
+        user state: the item-chunked form of :meth:`score_all`."""
+        emb = self.item_emb[items]
+        if items.ndim == 1:
+            return state_BxD @ emb.T
+        return jnp.einsum("bd,bid->bi", state_BxD, emb)
+
     def loss(self, seq_BxL, pos_BxL, neg_BxL, train: bool = True):
         """Mean training loss over the positions whose target is not padding."""
         h = self(seq_BxL, train=train)

@@ -1,0 +1,245 @@
+"""Checkpoints of the training loop with orbax: the only module that imports orbax.
+
+A checkpoint is one :class:`train.LoopState` plus JSON metadata, saved under
+``DIR/<epoch>/`` where ``<epoch>`` is the number of epochs completed:
+
+* ``state`` (``StandardSave``): the device state of every member (params,
+  optimizer state, PRNG key), the best-validation params, and the host arrays
+  ``best``, ``best_epoch``, ``bad``, ``active``;
+* ``meta`` (``JsonSave``): ``epoch``, the per-epoch ``seconds``, the metrics
+  ``history`` (the records of ``metrics.jsonl``), the run identity (config,
+  dataset hash, seeds, sweep, item count) and the ``code_version``.
+
+Latest and best are kept together by construction: every checkpoint carries the
+best params so far, so retention is by recency alone (``keep`` newest steps)
+and no ``best_fn`` is used. A ``best_fn`` policy keeps the best-k by metric and
+can delete the latest step, which breaks resuming (orbax issue 526).
+
+Trust: orbax writes each step into a temporary folder and renames it when
+complete, so a save killed midway is never listed. On top of that a step is
+trusted only if its ``commit_success.txt`` markers exist, and a step that fails
+to restore is moved to ``DIR-unreadable/`` and the previous step is used.
+Saves are synchronous: the epoch function donates the state buffers, so a
+background save must not still be reading them. Nothing here uses pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import shutil
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+import awrsr_jax
+from awrsr_jax import train
+
+ARRAYS = ("state", "best_params", "best", "best_epoch", "bad", "active")
+_COMMIT = "commit_success.txt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model asked for, or none to read."""
+
+
+def code_version() -> str:
+    """Package version plus a hash of the package's Python sources."""
+    h = hashlib.sha256()
+    root = pathlib.Path(awrsr_jax.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return f"{awrsr_jax.__version__}+{h.hexdigest()[:12]}"
+
+
+def _flat(tree, prefix=()) -> dict[str, object]:
+    """``{"a/b/0": leaf}`` for nested dicts, lists, tuples and namedtuples."""
+    if hasattr(tree, "_asdict"):
+        tree = tree._asdict()
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        return {"/".join(prefix): tree}
+    out = {}
+    for k, v in items:
+        out |= _flat(v, prefix + (str(k),))
+    return out
+
+
+def check_compatible(stored, template) -> None:
+    """Raises :class:`CheckpointError` naming the first keys whose presence,
+    shape or dtype differ between the stored metadata and ``template``."""
+    have, want = _flat(stored), _flat(template)
+    problems = [f"{k}: missing from the checkpoint" for k in want if k not in have]
+    problems += [
+        f"{k}: in the checkpoint, not in the model" for k in have if k not in want
+    ]
+    for k in want.keys() & have.keys():
+        a, b = have[k], want[k]
+        sa, sb = tuple(a.shape), tuple(np.shape(b))
+        if sa != sb or np.dtype(a.dtype) != np.dtype(b.dtype):
+            problems.append(
+                f"{k}: checkpoint has {sa} {np.dtype(a.dtype)}, "
+                f"model expects {sb} {np.dtype(b.dtype)}"
+            )
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(
+            "checkpoint does not match the model: "
+            + "; ".join(sorted(problems)[:3])
+            + more
+        )
+
+
+class Store:
+    """Saves and restores :class:`train.LoopState` under ``directory``.
+
+    ``read_only=True`` (for serving) creates and deletes nothing.
+    """
+
+    def __init__(self, directory: str, *, keep: int = 2, read_only: bool = False):
+        self.directory = os.path.abspath(directory)
+        self.read_only = read_only
+        if read_only and not os.path.isdir(self.directory):
+            raise CheckpointError(f"{self.directory}: no checkpoints")
+        if not read_only:
+            self._quarantine(s for s in self._listed() if not self._committed(s))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            enable_async_checkpointing=False,
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,
+        )
+        # Handlers given up front: item_metadata() of a step this process has
+        # not saved needs them.
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        }
+        self._mngr = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
+
+    def _listed(self) -> list[int]:
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+
+    def _committed(self, step: int) -> bool:
+        base = os.path.join(self.directory, str(step))
+        return all(
+            os.path.isfile(os.path.join(base, *sub, _COMMIT))
+            for sub in ((), ("state",), ("meta",))
+        )
+
+    def _quarantine(self, steps) -> None:
+        for step in list(steps):
+            dest = f"{self.directory}-unreadable/{step}"
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(os.path.join(self.directory, str(step)), dest)
+            print(
+                f"warning: checkpoint {step} is incomplete; moved to {dest}",
+                file=sys.stderr,
+            )
+
+    def steps(self) -> list[int]:
+        """Trusted (committed) steps, oldest first."""
+        return [s for s in self._mngr.all_steps() if self._committed(s)]
+
+    def latest(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, loop: train.LoopState, meta: dict) -> None:
+        """Saves ``loop`` as step ``loop.epoch``; refuses non-finite params."""
+        if loop.epoch in self.steps():
+            return
+        arrays = {name: getattr(loop, name) for name in ARRAYS}
+        ok = train._finite_members({"s": arrays["state"], "b": arrays["best_params"]})
+        if not np.all(np.asarray(ok)):
+            raise FloatingPointError(
+                f"refusing to checkpoint non-finite values at epoch {loop.epoch}"
+            )
+        meta = dict(meta, epoch=loop.epoch, seconds=list(loop.seconds))
+        self._mngr.save(
+            loop.epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self._mngr.wait_until_finished()
+
+    def read_meta(self, step: int | None = None) -> dict:
+        step = self.latest() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{self.directory}: no checkpoints")
+        args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        return dict(self._mngr.restore(step, args=args)["meta"])
+
+    def restore(self, template: train.LoopState) -> tuple[train.LoopState, dict]:
+        """The newest step that restores into ``template``'s shapes, with its meta.
+
+        A model mismatch raises at once; an unreadable step is quarantined
+        (unless read-only) and the previous one is tried.
+        """
+        # Restored as numpy, then put on the device like a fresh init: arrays
+        # of the same kind as LoopState.start's keep the compiled epoch valid.
+        arrays = jax.tree.map(
+            lambda x: np.zeros(x.shape, x.dtype),
+            {name: getattr(template, name) for name in ARRAYS},
+        )
+        errors = []
+        for step in reversed(self.steps()):
+            try:
+                stored = self._mngr.item_metadata(step)["state"]
+                stored = getattr(stored, "tree", stored)
+            except Exception as e:  # unreadable metadata: try an older step
+                errors.append(f"step {step}: {e}")
+                continue
+            check_compatible(stored, arrays)
+            try:
+                out = self._mngr.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(arrays),
+                        meta=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as e:  # truncated or missing files
+                errors.append(f"step {step}: {type(e).__name__}: {e}")
+                if not self.read_only:
+                    self._quarantine([step])
+                    self._mngr.reload()
+                continue
+            meta = dict(out["meta"])
+            host = {k: np.asarray(out["state"][k]) for k in ARRAYS[2:]}
+            loop = train.LoopState(
+                epoch=int(meta["epoch"]),
+                state=jax.tree.map(jnp.asarray, out["state"]["state"]),
+                best_params=jax.tree.map(jnp.asarray, out["state"]["best_params"]),
+                seconds=[float(s) for s in meta["seconds"]],
+                **host,
+            )
+            return loop, meta
+        if errors:
+            raise CheckpointError(
+                f"{self.directory}: no readable checkpoint ({errors[0][:300]})"
+            )
+        raise CheckpointError(f"{self.directory}: no checkpoints")
+
+    def close(self) -> None:
+        self._mngr.close()
+
+
+def member_params(params, member: int):
+    """One member's params from a tree with a leading member axis."""
+    return jax.tree.map(lambda x: x[member], params)

@@ -1,0 +1,114 @@
+"""Several devices and several hosts: the mesh, shardings and placement.
+
+Training is data-parallel over a 1-D :class:`jax.sharding.Mesh`. With the
+``batch`` axis, each step's batch rows are split over the devices
+(:func:`constrain_batch`, a sharding constraint inside the compiled epoch);
+parameters, optimizer state and the dataset are replicated, and XLA's SPMD
+partitioner inserts the gradient all-reduce. With the ``members`` axis, an
+ensemble's members are split over the devices instead (their leading axis is
+sharded; members never communicate). Results equal one device's up to the
+order of floating-point reductions.
+
+Several hosts: call :func:`maybe_initialize_distributed` before anything else
+touches JAX; every process then runs the same program on the same data files,
+and :func:`replicate` / :func:`shard_members` build global arrays from each
+process's identical host copy. Nothing here reads flags: ``experiments/``
+maps its flags onto these functions.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+BATCH = "batch"
+MEMBERS = "members"
+AXES = (BATCH, MEMBERS)
+
+
+def maybe_initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Joins a multi-host run when ``coordinator`` (``host:port``) is given.
+
+    Returns whether :func:`jax.distributed.initialize` was called. Must run
+    before the first JAX computation of the process.
+    """
+    if not coordinator:
+        if num_processes not in (None, 1):
+            raise ValueError("--num_processes > 1 needs --coordinator_address")
+        return False
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    return True
+
+
+def mesh_for(axis: str = BATCH, devices=None) -> Mesh:
+    """A 1-D mesh named ``axis`` over ``devices`` (default: every device of
+    every process, in :func:`jax.devices` order)."""
+    if axis not in AXES:
+        raise ValueError(f"mesh axis must be one of {AXES}, got {axis!r}")
+    devs = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devs), (axis,))
+
+
+def _global(tree, mesh: Mesh, spec_of):
+    def put(x):
+        host = np.asarray(jax.device_get(x))
+        sharding = NamedSharding(mesh, spec_of(host))
+        return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+    return jax.tree.map(put, tree)
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf of ``tree`` as a global array replicated over ``mesh``."""
+    return _global(tree, mesh, lambda _: P())
+
+
+def shard_members(tree, mesh: Mesh, axis: str = MEMBERS):
+    """Leaves' leading (member) axis split over ``axis`` of ``mesh``; scalars
+    are replicated. The member count must be a multiple of the axis size."""
+    size = mesh.shape[axis]
+
+    def spec(x):
+        if x.ndim == 0:
+            return P()
+        if x.shape[0] % size:
+            raise ValueError(f"{x.shape[0]} members do not split over {size} devices")
+        return P(axis)
+
+    return _global(tree, mesh, spec)
+
+
+def constrain_batch(x, mesh: Mesh | None, axis: str = BATCH):
+    """Inside jit: asks for ``x``'s leading axis to be split over ``axis``.
+
+    A no-op without a mesh, or when the mesh has no ``axis`` (member-sharded
+    ensembles keep each member's batch whole).
+    """
+    if mesh is None or axis not in mesh.axis_names:
+        return x
+    if x.shape[0] % mesh.shape[axis]:
+        raise ValueError(
+            f"batch of {x.shape[0]} does not split over {mesh.shape[axis]} devices"
+        )
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(axis)))
+
+
+def describe(mesh: Mesh | None) -> str:
+    """One line for logs: the mesh axes and the devices it spans."""
+    if mesh is None:
+        return f"1 device ({jax.devices()[0].device_kind})"
+    kinds = sorted({d.device_kind for d in mesh.devices.flat})
+    return (
+        f"mesh {dict(mesh.shape)} over {mesh.devices.size} devices "
+        f"({', '.join(kinds)}; {jax.process_count()} process(es))"
+    )

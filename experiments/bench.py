@@ -1,0 +1,243 @@
+"""Speed benchmark: ``python -m experiments.bench [--suite=cpu|gpu] [--quick]``.
+
+Prints one JSON line per case, as soon as it is measured: backbone, mech, data
+shape, device, seconds per epoch (median of ``--epochs`` epochs after
+compilation), compile seconds, sequences per second, full-ranking evaluation
+seconds (one validation pass over every evaluated user), peak memory and
+ensemble size. Data: ``<repo>/../shared/data`` files when present (ML-1M for
+SASRec, STOSA's 5-core Beauty for STOSA), otherwise random sequences of the
+same shape (users, items, mean length), marked ``"data": "synthetic"``.
+
+Suites: ``cpu`` (default): SASRec ML-1M at L=200 and L=50 with ``none`` and
+``value``, STOSA Beauty with ``none`` and ``stoc``. ``gpu``: the same plus a
+16-member ensemble against one member (throughput ratio), sized for a ~4
+minute budget (``--budget_s``; cases that would start after it print a skip
+line). ``--quick``: tiny synthetic shapes, for CI. Needs only jax, flax,
+optax, numpy.
+
+Lead's GPU command::
+
+    PYTHONUNBUFFERED=1 python -m experiments.bench --suite=gpu --budget_s=220
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from awrsr_jax import data as data_lib
+from awrsr_jax import train
+from awrsr_jax.config import Config
+
+flags.DEFINE_enum("suite", "cpu", ["cpu", "gpu"], "which cases to run")
+flags.DEFINE_bool("quick", False, "tiny synthetic shapes (CI smoke run)")
+flags.DEFINE_integer("epochs", 3, "timed epochs per case (after compilation)")
+flags.DEFINE_float(
+    "budget_s", 0.0, "skip cases that would start after this (0: no limit)"
+)
+flags.DEFINE_string("only", "", "comma-separated case names to run (default: all)")
+flags.DEFINE_integer("eval_chunk", 0, "users per evaluation chunk (0: ~2^24 scores)")
+FLAGS = flags.FLAGS
+
+DATA_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# name -> (file, users, items, mean sequence length) of the benchmark data.
+DATASETS = {
+    "ml-1m": ("ml-1m_sasrec-equivalent.txt", 6040, 3416, 165.5),
+    "beauty": ("Beauty_5core_stosa.txt", 22363, 12101, 8.88),
+    "tiny": (None, 300, 200, 20.0),
+}
+SASREC = dict(backbone="sasrec", hidden=50, layers=2, heads=1, batch_size=128)
+STOSA = dict(backbone="stosa", hidden=64, layers=1, heads=4, batch_size=256)
+
+
+def cases(suite: str, quick: bool) -> list[dict]:
+    """``{name, dataset, members, cfg}`` for each case of the suite."""
+    if quick:
+        base = dict(hidden=16, layers=1, heads=1, batch_size=32)
+        out = [
+            dict(name="sasrec-none", dataset="tiny", cfg=dict(base, max_len=20)),
+            dict(
+                name="sasrec-value",
+                dataset="tiny",
+                cfg=dict(base, max_len=20, mech="value"),
+            ),
+            dict(
+                name="stosa-stoc",
+                dataset="tiny",
+                cfg=dict(base, backbone="stosa", max_len=20, mech="stoc"),
+            ),
+        ]
+    else:
+        out = []
+        for n in (200, 50):
+            for mech in ("none", "value"):
+                out.append(
+                    dict(
+                        name=f"sasrec-{mech}-L{n}",
+                        dataset="ml-1m",
+                        cfg=dict(SASREC, max_len=n, mech=mech),
+                    )
+                )
+        for mech in ("none", "stoc"):
+            out.append(
+                dict(
+                    name=f"stosa-{mech}",
+                    dataset="beauty",
+                    cfg=dict(STOSA, max_len=100, mech=mech),
+                )
+            )
+        if suite == "gpu":
+            out.append(
+                dict(
+                    name="sasrec-none-L200-x16",
+                    dataset="ml-1m",
+                    members=16,
+                    eval=False,
+                    cfg=dict(SASREC, max_len=200),
+                )
+            )
+    for c in out:
+        c.setdefault("members", 1)
+        c.setdefault("eval", True)
+    return out
+
+
+def load(name: str) -> tuple[dict, str]:
+    """``{user: items}`` of a benchmark dataset, or same-shape random data."""
+    file, users, items, mean_len = DATASETS[name]
+    if file and (DATA_DIR / file).is_file():
+        return data_lib.read_sequences(DATA_DIR / file), "file"
+    rng = np.random.default_rng(0)
+    # Geometric-like lengths with the file's mean, at least 5 (5-core style).
+    lens = np.minimum(5 + rng.geometric(1 / max(mean_len - 4, 1.0), users), items)
+    seqs = {
+        u + 1: (rng.permutation(items)[:n] + 1).tolist() for u, n in enumerate(lens)
+    }
+    return seqs, "synthetic"
+
+
+def peak_memory() -> dict:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return {"peak_device_mib": round(stats["peak_bytes_in_use"] / 2**20, 1)}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_host_rss_mib": round(rss / 1024, 1)}
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - t0
+
+
+def run_case(case: dict, data, source: str, epochs: int, eval_chunk: int) -> dict:
+    cfg = Config(**case["cfg"])
+    v = data.num_items + 1
+    chunk = eval_chunk or max(256, (1 << 24) // v)
+    cfg = cfg.replace(eval_chunk=min(chunk, data.num_eval))
+    m = case["members"]
+    epoch_fn, eval_fn = train.compiled(cfg)
+    state = train.init_state(cfg, data.num_items, list(range(m)))
+    hp, active = train.hparams(cfg, m), jnp.ones(m, bool)
+    t0 = time.perf_counter()
+    epoch_c = epoch_fn.lower(state, hp, active, data, 0).compile()
+    compile_s = time.perf_counter() - t0
+    (state, _), _ = _timed(epoch_c, state, hp, active, data, 0)  # warm-up
+    times = []
+    for e in range(1, epochs + 1):
+        (state, stats), dt = _timed(epoch_c, state, hp, active, data, e)
+        times.append(dt)
+    sec = float(np.median(times))
+    rec = {
+        "case": case["name"],
+        "backbone": cfg.backbone,
+        "mech": cfg.mech,
+        "data": source,
+        "users": data.num_train,
+        "items": data.num_items,
+        "max_len": cfg.max_len,
+        "hidden": cfg.hidden,
+        "layers": cfg.layers,
+        "heads": cfg.heads,
+        "batch": cfg.batch_size,
+        "ensemble": m,
+        "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+        "sec_per_epoch": round(sec, 5),
+        "epoch_times": [round(t, 5) for t in times],
+        "compile_s": round(compile_s, 2),
+        "seq_per_s": round(m * data.num_train / sec, 1),
+        "loss": float(np.mean(stats["loss"])),
+    }
+    if case["eval"]:
+        key = jax.random.PRNGKey(0)
+        t0 = time.perf_counter()
+        eval_c = eval_fn.lower(state["params"], data, "valid", key).compile()
+        rec["eval_compile_s"] = round(time.perf_counter() - t0, 2)
+        _timed(eval_c, state["params"], data, key)
+        evals = [_timed(eval_c, state["params"], data, key)[1] for _ in range(2)]
+        rec["eval_s"] = round(float(np.median(evals)), 5)
+        rec["eval_users"] = data.num_eval
+        rec["eval_chunk"] = cfg.eval_chunk
+    rec.update(peak_memory())
+    return rec
+
+
+def main(argv):
+    del argv
+    start = time.perf_counter()
+    has_stosa = importlib.util.find_spec("awrsr_jax.models.stosa") is not None
+    wanted = {s for s in FLAGS.only.split(",") if s}
+    loaded = {}
+    for case in cases(FLAGS.suite, FLAGS.quick):
+        name = case["name"]
+        if wanted and name not in wanted:
+            continue
+        if case["cfg"].get("backbone") == "stosa" and not has_stosa:
+            print(
+                json.dumps(
+                    {"case": name, "skipped": "awrsr_jax/models/stosa.py missing"}
+                )
+            )
+            continue
+        if FLAGS.budget_s and time.perf_counter() - start > FLAGS.budget_s:
+            print(
+                json.dumps(
+                    {"case": name, "skipped": f"over --budget_s={FLAGS.budget_s}"}
+                )
+            )
+            continue
+        key = (case["dataset"], case["cfg"]["max_len"])
+        if key not in loaded:
+            seqs, source = load(case["dataset"])
+            loaded[key] = (data_lib.build(seqs, key[1])[0], source)
+        data, source = loaded[key]
+        epochs = 1 if FLAGS.quick else FLAGS.epochs
+        rec = run_case(case, data, source, epochs, FLAGS.eval_chunk)
+        if case["members"] > 1:
+            base = name.split("-x")[0]
+            ref = next((r for r in _done if r["case"] == base), None)
+            if ref is not None:
+                rec["speedup_vs_sequential"] = round(
+                    case["members"] * ref["sec_per_epoch"] / rec["sec_per_epoch"], 2
+                )
+        rec["elapsed_s"] = round(time.perf_counter() - start, 1)
+        _done.append(rec)
+        print(json.dumps(rec), flush=True)
+    sys.stdout.flush()
+
+
+_done: list[dict] = []
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app.run(main)

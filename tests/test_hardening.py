@@ -1,0 +1,289 @@
+"""Bad input fails early and clearly; nothing unpickles; nothing escapes the
+workdir; partial or disk-full checkpoints are never trusted (RELIABILITY.md
+items 3, 18 (file:line), 20-22, and flag validation)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import pickle  # only to craft hostile payloads; the package never imports it
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from awrsr_jax import checkpoint, runner, train
+from awrsr_jax.data import DataFileError, read_sequences
+from tests.conftest import REPO
+from tests.test_checkpoint import CFG, final_state, ref, tiny_seqs  # noqa: F401
+
+BAD_FILES = [
+    # (name, bytes, fmt, line, needle)
+    ("letters", b"1 2 3\n2 x 4\n", "auto", 2, "not a positive integer id"),
+    ("negative", b"1 2 3\n2 -4 5\n", "auto", 2, "not a positive integer id"),
+    ("zero id", b"1 2 0\n", "auto", 1, "reserved for padding"),
+    ("header only", b"user item\n", "auto", 1, "not a positive integer id"),
+    ("header", b"user items\n1 2 3\n", "auto", 1, "not a positive integer id"),
+    ("latin-1", b"1 2 3\n2 3 4\n3 caf\xe9 1\n", "auto", 3, "non-ASCII"),
+    ("commas", b"1 2 3\n2,3,4\n", "auto", 2, "not a positive integer id"),
+    ("semicolons", b"1;2\n", "auto", 1, "not a positive integer id"),
+    ("rating -1", b"1 2 -1\n", "auto", 1, "not a positive integer id"),
+    ("float", b"1 2 3.5\n", "auto", 1, "not a positive integer id"),
+    ("pair fields", b"1 2\n1 3\n1 4 5\n", "pairs", 3, "expected 'user item'"),
+    ("pairs split user", b"1 2\n2 3\n1 4\n", "pairs", 3, "not contiguous"),
+    ("user twice", b"1 2 3\n1 4 5\n", "user-line", 2, "appears twice"),
+    ("user only", b"1 2 3\n7\n", "user-line", 2, "needs a user id and an item"),
+    ("huge id", b"1 2 99999999999\n", "auto", 1, "larger than 2147483647"),
+    ("crlf bad", b"1 2 3\r\n2 3 z\r\n", "auto", 2, "not a positive integer id"),
+    ("bom bad", b"\xef\xbb\xbf1 2 3\n2 3 y\n", "auto", 2, "not a positive integer id"),
+    ("truncated", b"1 2 3\n2 3 4\n3 4 5x", "auto", 3, "not a positive integer id"),
+    ("pickle", pickle.dumps({"a": 1}), "auto", 1, "non-ASCII"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_bad_data_files_name_path_and_line(tmp_path, case):
+    name, raw, fmt, line, needle = case
+    path = tmp_path / "seqs.txt"
+    path.write_bytes(raw)
+    with pytest.raises(DataFileError, match=needle) as e:
+        read_sequences(path, fmt)
+    assert str(e.value).startswith(f"{path}:{line}: "), str(e.value)
+    assert e.value.line == line
+
+
+def test_item_outside_the_catalogue_names_the_line(tmp_path):
+    path = tmp_path / "users.txt"
+    path.write_bytes(b"1 3 4\n\n2 5 31\n")
+    with pytest.raises(DataFileError, match=rf"^{path}:3: item 31 is not in"):
+        read_sequences(path, "user-line", max_item=30)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"1 2 3\n\n2 3 4", b"\xef\xbb\xbf1 2 3\r\n2 3 4\r\n", b"1\t2 3\n2 3  4\n"]
+)
+def test_tolerated_layouts_read_the_same(tmp_path, raw):
+    path = tmp_path / "ok.txt"
+    path.write_bytes(raw)
+    assert read_sequences(path) == {1: [2, 3], 2: [3, 4]}
+
+
+@pytest.mark.parametrize(
+    "change, flag",
+    [
+        (dict(mech="stoc"), "--mech='stoc'"),
+        (dict(max_len=1), "--max_len=1"),
+        (dict(hidden=10, heads=3), "--hidden=10: not divisible by --heads=3"),
+        (dict(backbone="bert"), "--backbone='bert'"),
+        (dict(loss="bpr"), "--loss='bpr'"),
+    ],
+)
+def test_flags_are_checked_before_anything_compiles(
+    tmp_path, monkeypatch, change, flag
+):
+    def boom(*a, **k):
+        raise AssertionError("compiled before validation")
+
+    monkeypatch.setattr(train, "compiled", boom)
+    monkeypatch.setattr(train, "_init_fn", boom)
+    wd = tmp_path / "wd"
+    with pytest.raises(ValueError, match=flag.replace("(", r"\(")) as e:
+        runner.run(CFG.replace(**change), workdir=str(wd), quiet=True)
+    assert "\n" not in str(e.value)
+    assert not wd.exists()
+
+
+def test_missing_data_file_and_bad_options_are_named(tmp_path):
+    wd = str(tmp_path / "wd")
+    with pytest.raises(ValueError, match="--data_file=/nope.txt: cannot read"):
+        runner.run(CFG, workdir=wd, dataset="file", data_file="/nope.txt")
+    with pytest.raises(ValueError, match="--checkpoint_every=0"):
+        runner.run(CFG, workdir=wd, checkpoint_every=0)
+    assert not os.path.exists(wd)
+
+
+def test_no_pickle_in_the_package_and_every_np_load_refuses_it():
+    roots = [REPO / d for d in ("awrsr_jax", "experiments", "data_prep")]
+    for path in (p for r in roots if r.is_dir() for p in r.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", "")]
+                assert not any("pickle" in (n or "") for n in names), path
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "np.load":
+                kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert kw.get("allow_pickle") == "False", f"{path}:{node.lineno}"
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_crafted_pickles_are_refused_and_never_run(ref, tmp_path):  # noqa: F811
+    marker = tmp_path / "PWNED"
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    np.save(wd / "test_ranks.npy", np.array([_Payload(str(marker))], object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        runner.read_ranks(str(wd))
+    # A pickle where a checkpoint's files belong: refused, older step used.
+    ck = wd / "checkpoints"
+    for s in (2, 3):
+        shutil.copytree(os.path.join(ref, "checkpoints", str(s)), ck / str(s))
+    blob = pickle.dumps(_Payload(str(marker)))
+    (ck / "3" / "meta" / "metadata").write_bytes(blob)
+    (ck / "3" / "state" / "_METADATA").write_bytes(blob)
+    store = checkpoint.Store(str(ck))
+    loop, _ = store.restore(train.LoopState.template(CFG, 30, [0]))
+    store.close()
+    assert loop.epoch == 2
+    data = tmp_path / "data.txt"
+    data.write_bytes(blob)
+    with pytest.raises(DataFileError):
+        read_sequences(data)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", "..", ""])
+def test_output_names_that_leave_the_workdir_are_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="refusing"):
+        runner.output_path(str(tmp_path), name)
+
+
+def test_a_symlinked_output_is_refused_and_its_target_untouched(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "metrics.jsonl").symlink_to(outside)
+    with pytest.raises(ValueError, match="refusing to write through the symlink"):
+        runner.run(CFG, workdir=str(wd), sequences=tiny_seqs(), quiet=True)
+    assert outside.read_text() == "keep me"
+
+
+def test_a_run_writes_only_inside_its_workdir(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    runner.run(CFG, workdir=str(root / "wd"), sequences=tiny_seqs(), quiet=True)
+    assert [p.name for p in root.iterdir()] == ["wd"]
+    names = {p.name for p in (root / "wd").iterdir()}
+    assert names == {
+        "config.json",
+        "metrics.jsonl",
+        "results.json",
+        "test_ranks.npy",
+        "checkpoints",
+    }
+
+
+# Partial checkpoints (item 3): what a kill or a full disk leaves behind.
+
+
+def _damages(step_dir):
+    """Twenty ways a save can be left partial: uncommitted, missing or
+    truncated files (what a kill or a full disk leaves)."""
+    files = sorted(
+        os.path.relpath(os.path.join(r, f), step_dir)
+        for r, _, fs in os.walk(step_dir)
+        for f in fs
+        if f != "commit_success.txt" and not f.startswith("_CHECKPOINT")
+    )
+    out = [("tmp folder", None), ("empty folder", None)]
+    out += [(f"no commit marker in {d or 'step'}", d) for d in ("", "state", "meta")]
+    out += [("no state item", "state"), ("no meta item", "meta")]
+    out += [(f"truncated {f}", f) for f in files]
+    out += [(f"deleted {f}", f) for f in files]
+    return out[:20]
+
+
+def _damage(step_dir, kind, arg):
+    if kind == "tmp folder":
+        os.rename(step_dir, step_dir + ".orbax-checkpoint-tmp-1234")
+    elif kind == "empty folder":
+        shutil.rmtree(step_dir)
+        os.mkdir(step_dir)
+    elif kind.startswith("no commit marker"):
+        os.remove(os.path.join(step_dir, arg, "commit_success.txt"))
+    elif kind.startswith("no ") and kind.endswith(" item"):
+        shutil.rmtree(os.path.join(step_dir, arg))
+    elif kind.startswith("truncated"):
+        path = os.path.join(step_dir, arg)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    else:
+        os.remove(os.path.join(step_dir, arg))
+
+
+def test_partial_checkpoints_are_never_trusted(ref, tmp_path):  # noqa: F811
+    good = {s: final_state(ref, step=s)[0] for s in (2, 3)}
+    cases = _damages(os.path.join(ref, "checkpoints", "3"))
+    assert len(cases) == 20
+    trusted, restored = [], []
+    for i, (kind, arg) in enumerate(cases):
+        ck = tmp_path / f"c{i}" / "checkpoints"
+        for s in (2, 3):
+            shutil.copytree(os.path.join(ref, "checkpoints", str(s)), ck / str(s))
+        _damage(str(ck / "3"), kind, arg)
+        store = checkpoint.Store(str(ck))
+        try:
+            loop, meta = store.restore(train.LoopState.template(CFG, 30, [0]))
+        finally:
+            store.close()
+        got = jax.tree.map(np.asarray, {k: getattr(loop, k) for k in checkpoint.ARRAYS})
+        # Restoring the damaged step is fine only if the damage touched no
+        # byte it reads (e.g. a file orbax does not use); else step 2 it is.
+        want = jax.tree.leaves(good.get(loop.epoch, {}))
+        leaves = jax.tree.leaves(got)
+        if len(want) != len(leaves) or any(
+            a.tobytes() != b.tobytes() for a, b in zip(leaves, want)
+        ):
+            trusted.append(kind)
+        restored.append(loop.epoch)
+    print(
+        f"partial checkpoints trusted: {len(trusted)}/{len(cases)}; restored {restored}"
+    )
+    assert trusted == []
+
+
+DISK_FULL_CHILD = """
+import resource, signal, sys
+import numpy as np, jax.numpy as jnp
+from awrsr_jax import checkpoint, train
+w = np.random.default_rng(0).random((1, 50_000), np.float32)  # incompressible
+big = {"params": {"w": jnp.asarray(w)}, "opt_state": {}, "key": jnp.zeros((1, 2), jnp.uint32)}
+loop = train.LoopState(1, big, big["params"], np.zeros(1), np.zeros(1, np.int64),
+                       np.zeros(1, np.int64), np.ones(1, bool), [0.1])
+store = checkpoint.Store(sys.argv[1])
+store.save(loop, {"history": []})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of a kill
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+loop.epoch = 2
+store.save(loop, {"history": []})
+"""
+
+
+@pytest.mark.slow
+def test_disk_full_surfaces_and_the_previous_step_restores(tmp_path):
+    import subprocess
+    import sys
+
+    ck = tmp_path / "checkpoints"
+    r = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_CHILD, str(ck)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert r.returncode != 0
+    assert "File too large" in r.stderr or "EFBIG" in r.stderr or "27" in r.stderr
+    store = checkpoint.Store(str(ck))
+    assert store.steps() == [1]
+    store.close()

@@ -1,0 +1,112 @@
+"""Several devices: the batch-sharded and member-sharded epochs give one
+device's results.
+
+The multi-device checks run in a subprocess with four forced host devices
+(``XLA_FLAGS`` must be set before JAX initialises, and this process has
+already started it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from awrsr_jax import parallel
+from tests.conftest import REPO
+
+_SCRIPT = r"""
+import json, jax, jax.numpy as jnp, numpy as np
+from awrsr_jax import parallel, train
+from awrsr_jax.data import build, generate
+from tests.conftest import tiny_config
+
+assert jax.device_count() == 4, jax.devices()
+data, _ = build(generate(num_users=60, num_items=40, min_len=4, max_len=12), 8)
+cfg = tiny_config(max_len=8, batch_size=8, dropout=0.2, eval_chunk=16)
+
+def run(seeds, mesh, place):
+    epoch_fn, eval_fn = train.compiled(cfg, mesh)
+    state = train.init_state(cfg, data.num_items, seeds)
+    hp = train.hparams(cfg, len(seeds))
+    active = jnp.ones(len(seeds), bool)
+    d = data
+    if mesh is not None:
+        state, hp, active = place((state, hp, active), mesh)
+        d = parallel.replicate(data, mesh)
+    losses = []
+    for e in range(2):
+        state, stats = epoch_fn(state, hp, active, d, e)
+        losses.append(np.asarray(stats["loss"]).tolist())
+    ranks = np.asarray(eval_fn(state["params"], d, "valid", jax.random.PRNGKey(0)))
+    return {"loss": losses, "ranks": ranks.tolist()}
+
+out = {
+    "one": run([0], None, None),
+    "batch": run([0], parallel.mesh_for("batch"), parallel.replicate),
+    "four": run([0, 1, 2, 3], None, None),
+    "members": run([0, 1, 2, 3], parallel.mesh_for("members"), parallel.shard_members),
+}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_four_devices_match_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    out = json.loads(line[len("RESULT ") :])
+    np.testing.assert_allclose(out["batch"]["loss"], out["one"]["loss"], rtol=1e-4)
+    np.testing.assert_allclose(out["members"]["loss"], out["four"]["loss"], rtol=1e-4)
+    # Ranks are integers from float scores: allow a rare tie flip.
+    for a, b in (("batch", "one"), ("members", "four")):
+        got, ref = np.asarray(out[a]["ranks"]), np.asarray(out[b]["ranks"])
+        assert np.mean(got == ref) >= 0.97, (a, b)
+
+
+def test_mesh_for_names_its_axis_and_refuses_others():
+    mesh = parallel.mesh_for("batch")
+    assert mesh.axis_names == ("batch",)
+    assert mesh.devices.size == jax.device_count()
+    with pytest.raises(ValueError, match="mesh axis"):
+        parallel.mesh_for("model")
+
+
+def test_constrain_batch_is_identity_without_a_batch_axis():
+    x = jnp.arange(8)
+    assert parallel.constrain_batch(x, None) is x
+    assert parallel.constrain_batch(x, parallel.mesh_for("members")) is x
+
+
+def test_distributed_is_skipped_without_a_coordinator():
+    assert parallel.maybe_initialize_distributed(None) is False
+    with pytest.raises(ValueError, match="coordinator"):
+        parallel.maybe_initialize_distributed(None, num_processes=2)
+
+
+def test_replicate_and_shard_members_keep_values():
+    mesh = parallel.mesh_for("members")
+    tree = {"a": np.arange(6.0).reshape(jax.device_count() * 2, -1)[:2], "s": 3}
+    if jax.device_count() != 1:
+        pytest.skip("one-device process")
+    for place in (parallel.replicate, parallel.shard_members):
+        got = place(tree, mesh)
+        np.testing.assert_array_equal(got["a"], tree["a"])
+        assert int(got["s"]) == 3
