@@ -47,9 +47,13 @@ def hparams(cfg: Config, members: int = 1, **sweep) -> dict:
     return out
 
 
-def _optimizer():
+# Adam's beta2 as in each backbone's reference code (SASRec TF 0.98, STOSA torch 0.999).
+ADAM_B2 = {"sasrec": 0.98, "stosa": 0.999}
+
+
+def _optimizer(cfg: Config):
     # The learning rate is applied outside so it can differ per member.
-    return optax.scale_by_adam(b1=0.9, b2=0.98, eps=1e-8)
+    return optax.scale_by_adam(b1=0.9, b2=ADAM_B2[cfg.backbone], eps=1e-8)
 
 
 def _model(cfg: Config, num_items: int, hp):
@@ -65,7 +69,7 @@ def init_member(cfg: Config, num_items: int, seed):
     model = models.build(cfg, num_items)
     seq = jnp.ones((1, cfg.max_len), jnp.int32)
     params = model.init({"params": k_init, "dropout": k_drop}, seq)
-    return {"params": params, "opt_state": _optimizer().init(params), "key": k_train}
+    return {"params": params, "opt_state": _optimizer(cfg).init(params), "key": k_train}
 
 
 def init_state(cfg: Config, num_items: int, seeds) -> dict:
@@ -99,7 +103,7 @@ def train_epoch(cfg: Config, state, hp, active, data: SeqData, epoch, *, mesh=No
     perm = jax.random.permutation(jax.random.fold_in(k_epoch, 0), u)
     idx = jnp.pad(perm, (0, steps * bsz - u)).reshape(steps, bsz)
     real = (jnp.arange(steps * bsz) < u).reshape(steps, bsz)
-    tx = _optimizer()
+    tx = _optimizer(cfg)
     grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
     use_bits = sampling.bits_fit(u, data.num_items)
     if use_bits:
@@ -125,7 +129,10 @@ def train_epoch(cfg: Config, state, hp, active, data: SeqData, epoch, *, mesh=No
         )
         k_neg, k_drop = jax.random.split(jax.random.fold_in(k_epoch, i + 1))
         batch = data.train_seq[rows]
-        seq, pos = batch[:, :-1], batch[:, 1:] * w[:, None]
+        seq = batch[:, :-1]
+        # A target counts only where its input holds an item: as in the SASRec
+        # code, a user's first item is never a target (its input would be padding).
+        pos = batch[:, 1:] * (w[:, None] & (seq > 0))
         neg = negatives(k_neg, rows, pos.shape)
         (_, loss), grads = grad_fn(
             params, cfg, data.num_items, hp, seq, pos, neg, k_drop

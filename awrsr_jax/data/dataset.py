@@ -7,7 +7,8 @@ For a user sequence ``s`` of length ``m`` (chronological):
 * ``m < 3``: the whole sequence trains, and the user is in no evaluation.
 
 Training rows hold the last ``L + 1`` items of the training part, left-padded
-with 0: inputs are ``row[:-1]``, next-item targets ``row[1:]``. A training part
+with 0: inputs are ``row[:-1]``, next-item targets ``row[1:]`` (training skips
+a target whose input is padding, so a user's first item is never a target). A training part
 of one item has no target and gives no row. Evaluation inputs are the last ``L``
 items before the target, left-padded. ``eval_hist`` is ``s[:m-1]``
 right-aligned: the test history; the validation history is ``eval_hist[:, :-1]``.
