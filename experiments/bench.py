@@ -4,7 +4,7 @@ Prints one JSON line per case, as soon as it is measured: backbone, mech, data
 shape, device, seconds per epoch (median of ``--epochs`` epochs after
 compilation), compile seconds, sequences per second, full-ranking evaluation
 seconds (one validation pass over every evaluated user), peak memory and
-ensemble size. Data: ``<repo>/../shared/data`` files when present (ML-1M for
+ensemble size. Data: ``$AWRSR_DATA_DIR`` or ``<repo>/../shared/data`` files when present (ML-1M for
 SASRec, STOSA's 5-core Beauty for STOSA), otherwise random sequences of the
 same shape (users, items, mean length), marked ``"data": "synthetic"``.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import pathlib
 import resource
 import sys
 import time
@@ -38,6 +37,7 @@ from absl import app, flags
 from awrsr_jax import data as data_lib
 from awrsr_jax import train
 from awrsr_jax.config import Config
+from awrsr_jax.search import SHARED_DATA
 
 flags.DEFINE_enum("suite", "cpu", ["cpu", "gpu"], "which cases to run")
 flags.DEFINE_bool("quick", False, "tiny synthetic shapes (CI smoke run)")
@@ -49,7 +49,7 @@ flags.DEFINE_string("only", "", "comma-separated case names to run (default: all
 flags.DEFINE_integer("eval_chunk", 0, "users per evaluation chunk (0: ~2^24 scores)")
 FLAGS = flags.FLAGS
 
-DATA_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_DIR = SHARED_DATA  # AWRSR_DATA_DIR overrides <repo>/../shared/data
 # name -> (file, users, items, mean sequence length) of the benchmark data.
 DATASETS = {
     "ml-1m": ("ml-1m_sasrec-equivalent.txt", 6040, 3416, 165.5),
