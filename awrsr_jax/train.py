@@ -289,6 +289,7 @@ def fit(
     loop: LoopState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     after_epoch: Callable[[LoopState], bool | None] | None = None,
+    mesh=None,
 ) -> FitResult:
     """Trains M members with early stopping on validation NDCG@5 each.
 
@@ -301,18 +302,26 @@ def fit(
     JSON-ready record per active member and epoch; ``after_epoch`` sees the loop
     state after every epoch (to checkpoint it) and stops the run by returning
     True.
+
+    ``mesh`` (:func:`parallel.mesh_for`): the data is replicated over it, and
+    the member-axis state, ``hp`` and ``active`` are replicated (``batch``
+    axis) or split (``members`` axis) by :func:`parallel.place_members`.
     """
     seeds = members_of(cfg, seeds, sweep)
     hp = hparams(cfg, len(seeds), **(sweep or {}))
     loop = loop or LoopState.start(cfg, data.num_items, seeds)
-    epoch_fn, eval_fn = compiled(cfg)
+    if mesh is not None:
+        data = parallel.replicate(data, mesh)
+        loop.state, loop.best_params, hp = parallel.place_members(
+            (loop.state, loop.best_params, hp), mesh
+        )
+    epoch_fn, eval_fn = compiled(cfg, mesh)
     eval_key = jax.random.PRNGKey(cfg.seed + 10_000)
     while loop.epoch < cfg.epochs and loop.active.any():
         epoch, was_active = loop.epoch, loop.active.copy()
         t0 = time.perf_counter()
-        loop.state, stats = epoch_fn(
-            loop.state, hp, jnp.asarray(was_active), data, epoch
-        )
+        active = parallel.place_members(jnp.asarray(was_active), mesh)
+        loop.state, stats = epoch_fn(loop.state, hp, active, data, epoch)
         stats = jax.device_get(stats)
         loop.seconds.append(time.perf_counter() - t0)
         _check_finite(epoch, stats, loop.state["params"], was_active)
@@ -347,7 +356,7 @@ def fit(
                 on_epoch(records[m])
         if after_epoch and after_epoch(loop):
             break
-    return finish(cfg, data, loop)
+    return finish(cfg, data, loop, mesh=mesh)
 
 
 def _check_finite(epoch: int, stats: dict, params, active: np.ndarray) -> None:
@@ -382,9 +391,13 @@ def _finite_members(tree):
     return functools.reduce(jnp.logical_and, oks)
 
 
-def finish(cfg: Config, data: SeqData, loop: LoopState) -> FitResult:
-    """Validation and test metrics of each member's best parameters."""
-    _, eval_fn = compiled(cfg)
+def finish(cfg: Config, data: SeqData, loop: LoopState, *, mesh=None) -> FitResult:
+    """Validation and test metrics of each member's best parameters.
+
+    With a ``mesh``, ``data`` and ``loop.best_params`` are already placed on it
+    (as :func:`fit` leaves them).
+    """
+    _, eval_fn = compiled(cfg, mesh)
     eval_key = jax.random.PRNGKey(cfg.seed + 10_000)
     valid_ranks = np.asarray(eval_fn(loop.best_params, data, "valid", eval_key))
     test_ranks = np.asarray(eval_fn(loop.best_params, data, "test", eval_key))

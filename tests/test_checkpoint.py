@@ -165,8 +165,8 @@ def test_latest_and_best_kept_together_and_nan_never_best(ref, tmp_path, monkeyp
 def _inject(monkeypatch, epoch, what):
     real = train.compiled
 
-    def compiled(cfg):
-        epoch_fn, eval_fn = real(cfg)
+    def compiled(cfg, mesh=None):
+        epoch_fn, eval_fn = real(cfg, mesh)
 
         def bad_epoch(state, hp, active, data, e):
             state, stats = epoch_fn(state, hp, active, data, e)
