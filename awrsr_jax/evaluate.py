@@ -59,9 +59,9 @@ def eval_ranks(
     whole sequence (SASRec paper's protocol; needs ``key``).
 
     Users go in chunks of ``cfg.eval_chunk`` (``lax.map``). With more than
-    ``item_chunk`` (default :data:`ITEM_CHUNK`) items and a backbone that
-    offers ``user_state``/``score_items``, full-ranking scores are also built
-    ``item_chunk`` items at a time (:func:`_ranks_by_item_chunks`), so memory
+    ``item_chunk`` (default :data:`ITEM_CHUNK`) items, full-ranking scores are
+    also built ``item_chunk`` items at a time from the backbone's
+    ``user_state``/``score_items`` (:func:`_ranks_by_item_chunks`), so memory
     is bounded by ``eval_chunk * item_chunk`` whatever the catalogue size.
     """
     inp, tgt, hist = _split_arrays(data, split)
@@ -70,11 +70,7 @@ def eval_ranks(
     chunks = math.ceil(n / c)
     idx = jnp.minimum(jnp.arange(chunks * c), n - 1).reshape(chunks, c)
     ic = ITEM_CHUNK if item_chunk is None else item_chunk
-    by_items = (
-        cfg.protocol == "full"
-        and data.num_items + 1 > ic
-        and hasattr(type(model), "score_items")
-    )
+    by_items = cfg.protocol == "full" and data.num_items + 1 > ic
 
     def one_chunk(rows):
         if by_items:
