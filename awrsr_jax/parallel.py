@@ -88,6 +88,18 @@ def shard_members(tree, mesh: Mesh, axis: str = MEMBERS):
     return _global(tree, mesh, spec)
 
 
+def place_members(tree, mesh: Mesh | None):
+    """Places pytrees with a leading member axis (state, ``hp``, ``active``)
+    on ``mesh``: replicated over a ``batch`` axis (:func:`replicate`), split
+    over a ``members`` axis (:func:`shard_members`); unchanged without a mesh.
+    """
+    if mesh is None:
+        return tree
+    if MEMBERS in mesh.axis_names:
+        return shard_members(tree, mesh)
+    return replicate(tree, mesh)
+
+
 def constrain_batch(x, mesh: Mesh | None, axis: str = BATCH):
     """Inside jit: asks for ``x``'s leading axis to be split over ``axis``.
 

@@ -4,7 +4,7 @@
 A :class:`Recommender` restores the newest checkpoint of a workdir (read-only)
 and takes one member's best-validation params. Scoring is the code that
 evaluation uses: ``model.score_all`` on the last ``max_len`` items of the
-history, left-padded with 0, then ``train.candidate_mask`` removes the padding
+history, left-padded with 0, then ``evaluate.candidate_mask`` removes the padding
 id and every item of the history (the whole history, also the part older than
 ``max_len``); removed items score ``-inf`` and ``jax.lax.top_k`` picks the rest.
 So the rank of an item here is its evaluation rank (ties aside: ``top_k``
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awrsr_jax import checkpoint, models, train
+from awrsr_jax import checkpoint, evaluate, models, train
 from awrsr_jax.config import Config
 
 CHUNK = 64  # users per compiled call
@@ -61,7 +61,7 @@ def check_items(history, num_items: int, where: str = "history") -> np.ndarray:
 def _top(cfg: Config, num_items: int, params, inp_BxL, n: int, hist_BxH):
     model = models.build(cfg, num_items)
     scores = model.apply(params, inp_BxL, method="score_all")
-    where = train.candidate_mask(hist_BxH, num_items)
+    where = evaluate.candidate_mask(hist_BxH, num_items)
     return jax.lax.top_k(jnp.where(where, scores, -jnp.inf), n)
 
 

@@ -191,9 +191,12 @@ def run(
     quiet: bool = False,
     checkpoint_every: int = 1,
     keep_checkpoints: int = 2,
+    mesh=None,
 ) -> dict:
     """Trains ``cfg`` (resuming from ``workdir`` if it holds this run); returns
     the results. ``sequences`` passes data in memory (``dataset`` names it).
+    ``mesh`` (:func:`awrsr_jax.parallel.mesh_for`) goes to :func:`train.fit`;
+    it is not part of the run's identity, so a run may resume on another mesh.
 
     Raises ``ValueError`` for bad flags, data or a foreign workdir,
     ``FloatingPointError`` on divergence and :class:`Preempted` after SIGTERM.
@@ -242,7 +245,9 @@ def run(
             check_same_run(old, identity, workdir)
         store = checkpoint.Store(paths["checkpoints"], keep=keep_checkpoints)
         try:
-            res = _train(cfg, data, meta, store, paths, term, checkpoint_every, quiet)
+            res = _train(
+                cfg, data, meta, store, paths, term, checkpoint_every, quiet, mesh
+            )
         finally:
             store.close()
     protocol = protocol_text(cfg, data.num_items)
@@ -267,7 +272,7 @@ def run(
     return results
 
 
-def _train(cfg, data, meta, store, paths, term, every: int, quiet: bool):
+def _train(cfg, data, meta, store, paths, term, every: int, quiet: bool, mesh):
     """Restores or starts the loop, trains with checkpoints, returns FitResult."""
     log = sys.stderr
     loop, history = None, []
@@ -333,6 +338,7 @@ def _train(cfg, data, meta, store, paths, term, every: int, quiet: bool):
                 loop=loop or train.LoopState.start(cfg, data.num_items, meta["seeds"]),
                 on_epoch=on_epoch,
                 after_epoch=after_epoch,
+                mesh=mesh,
             )
         except FloatingPointError as e:
             last = store.latest()

@@ -1,4 +1,4 @@
-"""Pure train and eval steps, compiled epochs, and the early-stopping loop.
+"""Pure train steps, compiled epochs, and the early-stopping loop.
 
 Everything trains as an ensemble of M members (M = 1 for a plain run): the
 state pytree has a leading member axis, and ``jax.vmap`` runs the members in one
@@ -8,9 +8,9 @@ shapes (``HPARAMS``), given per member in ``hp``.
 An epoch is one jitted call: the permutation, batches, negatives and dropout
 keys are made on the device from keys folded from (seed, epoch, step), so the
 data order depends only on the seed and the host does no per-step work. The
-state buffers are donated. Evaluation scores users in chunks (``lax.map``) and
-returns each user's pessimistic full-ranking rank; metrics are means of per-user
-values, computed once on the host.
+state buffers are donated. :func:`compiled` also jits the member-vmapped
+evaluation of :mod:`awrsr_jax.evaluate` (per-user ranks on the device; metrics
+on the host).
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from awrsr_jax import models, parallel
+from awrsr_jax import evaluate, models, parallel
 from awrsr_jax.config import Config
 from awrsr_jax.data import sampling
 from awrsr_jax.data.dataset import SeqData
-from awrsr_jax.ops import metrics
 
 HPARAMS = ("lr", "l2", "dropout", "pvn_weight")
 SELECT = "NDCG@5"  # model selection metric on validation
@@ -156,166 +155,6 @@ def train_epoch(cfg: Config, state, hp, active, data: SeqData, epoch, *, mesh=No
     return new_state, {"loss": jnp.mean(loss), "grad_norm": jnp.mean(gnorm)}
 
 
-def _split_arrays(data: SeqData, split: str):
-    if split == "valid":
-        return data.valid_inp, data.valid_tgt, data.eval_hist[:, :-1]
-    if split == "test":
-        return data.test_inp, data.test_tgt, data.eval_hist
-    raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-
-
-def candidate_mask(hist_CxH, num_items: int):
-    """``[C, V]`` True for real items outside each row's history (0 = padding)."""
-    c = hist_CxH.shape[0]
-    where = jnp.ones((c, num_items + 1), bool).at[:, 0].set(False)
-    return where.at[jnp.arange(c)[:, None], hist_CxH].set(False)
-
-
-ITEM_CHUNK = 1 << 16  # catalogues larger than this are scored in item chunks
-
-
-def eval_ranks(
-    cfg: Config, params, data: SeqData, split: str, key=None, *, item_chunk=None
-):
-    """Each evaluation user's rank of its target (one member), ``int32[Ue]``.
-
-    ``cfg.protocol == "full"``: among all real items outside the history.
-    ``"sampled100"``: among 100 items drawn uniformly from outside the user's
-    whole sequence (SASRec paper's protocol; needs ``key``).
-
-    Users go in chunks of ``cfg.eval_chunk`` (``lax.map``). With more than
-    ``item_chunk`` (default :data:`ITEM_CHUNK`) items and a backbone that
-    offers ``user_state``/``score_items``, full-ranking scores are also built
-    ``item_chunk`` items at a time (:func:`_ranks_by_item_chunks`), so memory
-    is bounded by ``eval_chunk * item_chunk`` whatever the catalogue size.
-    """
-    inp, tgt, hist = _split_arrays(data, split)
-    model = models.build(cfg, data.num_items)
-    n, c = data.num_eval, min(cfg.eval_chunk, data.num_eval)
-    chunks = math.ceil(n / c)
-    idx = jnp.minimum(jnp.arange(chunks * c), n - 1).reshape(chunks, c)
-    ic = ITEM_CHUNK if item_chunk is None else item_chunk
-    by_items = (
-        cfg.protocol == "full"
-        and data.num_items + 1 > ic
-        and hasattr(type(model), "score_items")
-    )
-
-    def one_chunk(rows):
-        if by_items:
-            state = model.apply(params, inp[rows], method="user_state")
-
-            def score(ids):
-                return model.apply(params, state, ids, method="score_items")
-
-            return _ranks_by_item_chunks(
-                score, tgt[rows], hist[rows], data.num_items, ic
-            )
-        scores = model.apply(params, inp[rows], method="score_all")
-        if cfg.protocol == "full":
-            where = candidate_mask(hist[rows], data.num_items)
-            return metrics.target_rank(scores, tgt[rows], where_BxV=where)
-        k = jax.random.fold_in(key, rows[0])
-        full_hist = jnp.concatenate(
-            [data.eval_hist[rows], data.test_tgt[rows][:, None]], 1
-        )
-        negs = _sample_outside(k, full_hist, data.num_items, 100)
-        cand = jnp.concatenate([tgt[rows][:, None], negs], 1)
-        sub = jnp.take_along_axis(scores, cand, 1)
-        return metrics.target_rank(sub, jnp.zeros(c, jnp.int32))
-
-    return jax.lax.map(one_chunk, idx).reshape(-1)[:n]
-
-
-def _chunk_candidates(ids_I, tgt_C, hist_CxH, num_items):
-    """``[C, I]`` candidate mask of one item chunk (``ids_I`` consecutive)."""
-    c, i = tgt_C.shape[0], ids_I.shape[0]
-    cand = (ids_I >= 1) & (ids_I <= num_items)
-    cand = cand[None] & (ids_I[None] != tgt_C[:, None])
-    local = hist_CxH - ids_I[0]
-    local = jnp.where((local >= 0) & (local < i), local, i)
-    return cand.at[jnp.arange(c)[:, None], local].set(False, mode="drop")
-
-
-def _ranks_by_item_chunks(score, tgt_C, hist_CxH, num_items: int, ic: int):
-    """Pessimistic ranks from ``score(ids_I) -> [C, I]``, ``ic`` items at a time.
-
-    Two passes: the first reads each target's score out of the chunk that
-    holds it (the same matmul that scores its rivals, so ties stay exact), the
-    second counts rivals at or above it, as :func:`metrics.target_rank` does.
-    """
-    starts = jnp.arange(math.ceil((num_items + 1) / ic)) * ic
-
-    def ids_of(o):
-        return o + jnp.arange(ic)
-
-    def target_pass(t, o):
-        ids = ids_of(o)
-        s = score(jnp.minimum(ids, num_items))
-        hit = ids[None] == tgt_C[:, None]
-        return t + jnp.sum(jnp.where(hit, s, 0.0), 1), None
-
-    t, _ = jax.lax.scan(target_pass, jnp.zeros(tgt_C.shape, jnp.float32), starts)
-
-    def count_pass(carry, o):
-        above, worst = carry
-        ids = ids_of(o)
-        s = score(jnp.minimum(ids, num_items))
-        cand = _chunk_candidates(ids, tgt_C, hist_CxH, num_items)
-        above = above + jnp.sum(cand & (s >= t[:, None]), 1)
-        return (above, worst + jnp.sum(cand, 1)), None
-
-    zero = jnp.zeros(tgt_C.shape, jnp.int32)
-    (above, worst), _ = jax.lax.scan(count_pass, (zero, zero), starts)
-    return 1 + jnp.where(jnp.isnan(t), worst, above).astype(jnp.int32)
-
-
-def top_k_items(score, hist_CxH, num_items: int, k: int, ic: int = ITEM_CHUNK):
-    """Top-``k`` ``(scores, ids)`` per row over items outside the history.
-
-    ``score(ids_I) -> [C, I]``; the catalogue is visited ``ic`` items at a
-    time with ``lax.top_k`` per chunk and a running merge, so a 1M-item
-    catalogue needs ``C * (ic + k)`` scores in memory, not ``C * V``. Equal
-    scores come out in id order, like ``lax.top_k`` over the whole catalogue.
-    """
-    c = hist_CxH.shape[0]
-    no_tgt = jnp.zeros((c,), jnp.int32)  # id 0 is never a candidate anyway
-
-    def body(best, o):
-        ids = o + jnp.arange(ic)
-        s = score(jnp.minimum(ids, num_items)).astype(jnp.float32)
-        cand = _chunk_candidates(ids, no_tgt, hist_CxH, num_items)
-        s, j = jax.lax.top_k(jnp.where(cand, s, -jnp.inf), min(k, ic))
-        vals = jnp.concatenate([best[0], s], 1)
-        ids_all = jnp.concatenate([best[1], ids[j]], 1)
-        top, pick = jax.lax.top_k(vals, k)
-        return (top, jnp.take_along_axis(ids_all, pick, 1)), None
-
-    init = (jnp.full((c, k), -jnp.inf), jnp.zeros((c, k), jnp.int32))
-    starts = jnp.arange(math.ceil((num_items + 1) / ic)) * ic
-    (top, ids), _ = jax.lax.scan(body, init, starts)
-    return top, ids
-
-
-def _sample_outside(key, hist_CxH, num_items, k):
-    """``k`` uniform items per row, none in the row's history (padded with 0).
-
-    Exact: the history becomes a packed bitmask and each draw selects the j-th
-    free item (:func:`sampling.sample_from_bits`); no rejection loop.
-    """
-    c, h = hist_CxH.shape
-    flat = jnp.sort(hist_CxH, axis=1).reshape(-1)
-    start = jnp.arange(c, dtype=jnp.int32) * h
-    bits = sampling.history_bits(flat, start, start + h, num_items)
-    return sampling.sample_from_bits(key, bits, k)
-
-
-def summarize(ranks) -> dict[str, float]:
-    """Mean metrics from ranks (host side)."""
-    vals = metrics.rank_metrics(jnp.asarray(ranks))
-    return {k: float(jnp.mean(v)) for k, v in vals.items()}
-
-
 def over_members(fn, in_axes):
     """``jax.vmap(fn, in_axes)``, except that a single member (leading axis 1)
     calls ``fn`` unbatched: batched dot products and per-member gathers cost
@@ -356,7 +195,7 @@ def compiled(cfg: Config, mesh=None):
     )
 
     def eval_members(params, data, split, key):
-        one = functools.partial(eval_ranks, cfg, split=split, key=key)
+        one = functools.partial(evaluate.eval_ranks, cfg, split=split, key=key)
         return over_members(lambda p, d: one(p, d), (0, None))(params, data)
 
     eval_fn = jax.jit(eval_members, static_argnums=(2,))
@@ -450,6 +289,7 @@ def fit(
     loop: LoopState | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     after_epoch: Callable[[LoopState], bool | None] | None = None,
+    mesh=None,
 ) -> FitResult:
     """Trains M members with early stopping on validation NDCG@5 each.
 
@@ -462,18 +302,26 @@ def fit(
     JSON-ready record per active member and epoch; ``after_epoch`` sees the loop
     state after every epoch (to checkpoint it) and stops the run by returning
     True.
+
+    ``mesh`` (:func:`parallel.mesh_for`): the data is replicated over it, and
+    the member-axis state, ``hp`` and ``active`` are replicated (``batch``
+    axis) or split (``members`` axis) by :func:`parallel.place_members`.
     """
     seeds = members_of(cfg, seeds, sweep)
     hp = hparams(cfg, len(seeds), **(sweep or {}))
     loop = loop or LoopState.start(cfg, data.num_items, seeds)
-    epoch_fn, eval_fn = compiled(cfg)
+    if mesh is not None:
+        data = parallel.replicate(data, mesh)
+        loop.state, loop.best_params, hp = parallel.place_members(
+            (loop.state, loop.best_params, hp), mesh
+        )
+    epoch_fn, eval_fn = compiled(cfg, mesh)
     eval_key = jax.random.PRNGKey(cfg.seed + 10_000)
     while loop.epoch < cfg.epochs and loop.active.any():
         epoch, was_active = loop.epoch, loop.active.copy()
         t0 = time.perf_counter()
-        loop.state, stats = epoch_fn(
-            loop.state, hp, jnp.asarray(was_active), data, epoch
-        )
+        active = parallel.place_members(jnp.asarray(was_active), mesh)
+        loop.state, stats = epoch_fn(loop.state, hp, active, data, epoch)
         stats = jax.device_get(stats)
         loop.seconds.append(time.perf_counter() - t0)
         _check_finite(epoch, stats, loop.state["params"], was_active)
@@ -490,7 +338,7 @@ def fit(
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             ranks = np.asarray(eval_fn(loop.state["params"], data, "valid", eval_key))
             for m in np.flatnonzero(was_active):
-                records[m]["valid"] = valid = summarize(ranks[m])
+                records[m]["valid"] = valid = evaluate.summarize(ranks[m])
                 if valid[SELECT] > loop.best[m]:
                     loop.best[m], loop.best_epoch[m], loop.bad[m] = (
                         valid[SELECT],
@@ -508,7 +356,7 @@ def fit(
                 on_epoch(records[m])
         if after_epoch and after_epoch(loop):
             break
-    return finish(cfg, data, loop)
+    return finish(cfg, data, loop, mesh=mesh)
 
 
 def _check_finite(epoch: int, stats: dict, params, active: np.ndarray) -> None:
@@ -543,9 +391,13 @@ def _finite_members(tree):
     return functools.reduce(jnp.logical_and, oks)
 
 
-def finish(cfg: Config, data: SeqData, loop: LoopState) -> FitResult:
-    """Validation and test metrics of each member's best parameters."""
-    _, eval_fn = compiled(cfg)
+def finish(cfg: Config, data: SeqData, loop: LoopState, *, mesh=None) -> FitResult:
+    """Validation and test metrics of each member's best parameters.
+
+    With a ``mesh``, ``data`` and ``loop.best_params`` are already placed on it
+    (as :func:`fit` leaves them).
+    """
+    _, eval_fn = compiled(cfg, mesh)
     eval_key = jax.random.PRNGKey(cfg.seed + 10_000)
     valid_ranks = np.asarray(eval_fn(loop.best_params, data, "valid", eval_key))
     test_ranks = np.asarray(eval_fn(loop.best_params, data, "test", eval_key))
@@ -553,8 +405,8 @@ def finish(cfg: Config, data: SeqData, loop: LoopState) -> FitResult:
     return FitResult(
         best_epoch=[int(e) for e in loop.best_epoch],
         epochs_run=loop.epoch,
-        valid=[summarize(r) for r in valid_ranks],
-        test=[summarize(r) for r in test_ranks],
+        valid=[evaluate.summarize(r) for r in valid_ranks],
+        test=[evaluate.summarize(r) for r in test_ranks],
         test_ranks=test_ranks,
         best_params=loop.best_params,
         seconds_per_epoch=float(np.median(steady)),

@@ -5,6 +5,12 @@ Trains on the embedded synthetic dataset by default, or on a sequence file with
 checkpoints/ and results.json under ``--workdir`` and prints the results with
 the protocol. Running the same command again resumes from the newest checkpoint;
 SIGTERM saves at the next epoch and exits 0; divergence exits 1 naming the epoch.
+
+Several devices: ``--mesh=batch`` splits each training batch over every device
+(``--batch_size`` a multiple of the device count), ``--mesh=members`` splits
+the ``--seeds`` ensemble over them (``--seeds`` a multiple of it). Several
+hosts: run the same command on each with ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I``.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from awrsr_jax import runner
+from awrsr_jax import parallel, runner
 from awrsr_jax.config import Config, validate
 
 _HELP = {
@@ -41,6 +47,17 @@ flags.DEFINE_integer(
     "checkpoint_every", 1, "save the loop state every N epochs (and at the end)"
 )
 flags.DEFINE_integer("keep_checkpoints", 2, "newest checkpoints kept (each has best)")
+flags.DEFINE_enum(
+    "mesh",
+    "none",
+    ["none", parallel.BATCH, parallel.MEMBERS],
+    "devices: none (one), batch (split each batch), members (split the seeds)",
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "multi-host: HOST:PORT of process 0's coordinator"
+)
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
 FLAGS = flags.FLAGS
 
 
@@ -52,9 +69,16 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
+        # Before anything computes with JAX: joining later is refused.
+        parallel.maybe_initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
         cfg = validate(config_from_flags())
         if FLAGS.seeds < 1:
             raise ValueError(f"--seeds={FLAGS.seeds}: must be >= 1")
+        mesh = None if FLAGS.mesh == "none" else parallel.mesh_for(FLAGS.mesh)
+        if mesh is not None:
+            print(parallel.describe(mesh), file=sys.stderr)
         runner.run(
             cfg,
             workdir=FLAGS.workdir,
@@ -64,6 +88,7 @@ def main(argv):
             seeds=[cfg.seed + i for i in range(FLAGS.seeds)],
             checkpoint_every=FLAGS.checkpoint_every,
             keep_checkpoints=FLAGS.keep_checkpoints,
+            mesh=mesh,
         )
     except runner.Preempted as e:
         # A clean stop: the state is saved and the same command resumes it.

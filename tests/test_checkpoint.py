@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awrsr_jax import checkpoint, runner, train
+from awrsr_jax import checkpoint, evaluate, runner, train
 from awrsr_jax.data import build, generate
 from tests.conftest import REPO, tiny_config
 
@@ -141,7 +141,7 @@ def test_same_seed_same_bytes_other_seed_differs(ref, tmp_path):
 def test_latest_and_best_kept_together_and_nan_never_best(ref, tmp_path, monkeypatch):
     # Validation NDCG@5 is NaN after epoch 0, so epoch 0 stays best while only
     # the two newest steps are kept: restoring the latest still gives the best.
-    real = train.summarize
+    real = evaluate.summarize
     calls = []
 
     def nan_after_first(ranks):
@@ -151,7 +151,7 @@ def test_latest_and_best_kept_together_and_nan_never_best(ref, tmp_path, monkeyp
             out[train.SELECT] = float("nan")
         return out
 
-    monkeypatch.setattr(train, "summarize", nan_after_first)
+    monkeypatch.setattr(evaluate, "summarize", nan_after_first)
     wd = tmp_path / "wd"
     run(wd, keep_checkpoints=2)
     assert sorted(int(s) for s in os.listdir(wd / "checkpoints")) == [4, 5]
@@ -165,8 +165,8 @@ def test_latest_and_best_kept_together_and_nan_never_best(ref, tmp_path, monkeyp
 def _inject(monkeypatch, epoch, what):
     real = train.compiled
 
-    def compiled(cfg):
-        epoch_fn, eval_fn = real(cfg)
+    def compiled(cfg, mesh=None):
+        epoch_fn, eval_fn = real(cfg, mesh)
 
         def bad_epoch(state, hp, active, data, e):
             state, stats = epoch_fn(state, hp, active, data, e)

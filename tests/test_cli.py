@@ -62,6 +62,7 @@ def test_main_writes_config_metrics_results(tmp_path, tiny_file):
         (["--hidden=10", "--heads=3"], "--hidden=10: not divisible by --heads=3"),
         (["--max_len=1"], "--max_len=1: must be >= 2"),
         (["--dataset=file", "--data_file=/no/such/file"], "/no/such/file: cannot read"),
+        (["--num_processes=2"], "--num_processes > 1 needs --coordinator_address"),
     ],
 )
 def test_bad_flags_give_one_line_errors(tmp_path, args, needle):

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from awrsr_jax.evaluate import candidate_mask
 from awrsr_jax.ops import metrics
-from awrsr_jax.train import candidate_mask
 
 
 def rank1(scores, target, where=None):

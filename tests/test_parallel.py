@@ -1,5 +1,5 @@
-"""Several devices: the batch-sharded and member-sharded epochs give one
-device's results.
+"""Several devices: the batch-sharded and member-sharded epochs, and the main
+CLI's ``--mesh=batch``, give one device's results.
 
 The multi-device checks run in a subprocess with four forced host devices
 (``XLA_FLAGS`` must be set before JAX initialises, and this process has
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from awrsr_jax import parallel
+from awrsr_jax.data import generate, write_sequences
 from tests.conftest import REPO
 
 _SCRIPT = r"""
@@ -57,19 +58,23 @@ print("RESULT " + json.dumps(out))
 """
 
 
-@pytest.mark.slow
-def test_four_devices_match_one_device():
+def _four_devices(*args):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+@pytest.mark.slow
+def test_four_devices_match_one_device():
+    proc = _four_devices("-c", _SCRIPT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
     out = json.loads(line[len("RESULT ") :])
@@ -79,6 +84,38 @@ def test_four_devices_match_one_device():
     for a, b in (("batch", "one"), ("members", "four")):
         got, ref = np.asarray(out[a]["ranks"]), np.asarray(out[b]["ranks"])
         assert np.mean(got == ref) >= 0.97, (a, b)
+
+
+@pytest.mark.slow
+def test_main_with_a_batch_mesh_matches_one_device(tmp_path):
+    data = tmp_path / "tiny.txt"
+    write_sequences(
+        data, generate(num_users=40, num_items=30, min_len=3, max_len=9, seed=1)
+    )
+    results = {}
+    for mesh in ("none", "batch"):
+        wd = tmp_path / mesh
+        proc = _four_devices(
+            "-m",
+            "experiments.main",
+            "--dataset=file",
+            f"--data_file={data}",
+            "--epochs=2",
+            "--hidden=8",
+            "--max_len=8",
+            "--batch_size=16",
+            f"--mesh={mesh}",
+            f"--workdir={wd}",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[mesh] = json.loads((wd / "results.json").read_text())
+    assert "mesh {'batch': 4} over 4 devices" in proc.stderr
+    one, four = results["none"], results["batch"]
+    assert four["best_epoch"] == one["best_epoch"]
+    for split in ("valid", "test"):
+        assert set(four[split]) == set(one[split])
+        for name, value in one[split].items():
+            assert abs(four[split][name] - value) <= 1e-5, (split, name)
 
 
 def test_mesh_for_names_its_axis_and_refuses_others():

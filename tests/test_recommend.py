@@ -1,7 +1,7 @@
 """Recommendations and evaluation share one scorer (RELIABILITY.md 12-14, 20).
 
 A trained tiny run's checkpoint feeds both :mod:`awrsr_jax.recommend` and
-``train.eval_ranks``; a plain numpy ranking of ``score_all`` is the reference.
+``evaluate.eval_ranks``; a plain numpy ranking of ``score_all`` is the reference.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from awrsr_jax import models, train
+from awrsr_jax import evaluate, models
 from awrsr_jax.data import build
 from awrsr_jax.recommend import Recommender, UnknownItemError, check_items
 from tests.conftest import REPO
@@ -59,7 +59,7 @@ def test_eval_chunk_size_changes_no_rank_and_every_user_counts(rec, split):
     ranks = {}
     for chunk in (1, 7, 256):
         cfg = CFG.replace(eval_chunk=chunk)
-        fn = jax.jit(lambda p, d, cfg=cfg: train.eval_ranks(cfg, p, d, "test"))
+        fn = jax.jit(lambda p, d, cfg=cfg: evaluate.eval_ranks(cfg, p, d, "test"))
         ranks[chunk] = np.asarray(fn(rec.params, data))
     assert len(ranks[7]) == len(eligible) and len(eligible) % 7 != 0
     assert np.array_equal(ranks[1], ranks[7]) and np.array_equal(ranks[7], ranks[256])

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awrsr_jax import models, train
+from awrsr_jax import evaluate, models, train
 from awrsr_jax.config import Config, validate
 from awrsr_jax.data import build, generate
 from awrsr_jax.models.stosa import STOSA, w2_sq_paired
@@ -248,6 +248,37 @@ def test_l2_penalty_and_init():
     assert abs(w.mean() - 0.01) < 2e-3 and abs(w.std() - 0.02) < 2e-3
     assert np.all(np.concatenate(by_kind["bias"]) == 0.0)
     assert np.all(np.concatenate(by_kind["scale"]) == 1.0)
+
+
+@pytest.mark.slow
+def test_item_chunked_ranks_and_top_k_match_the_whole_catalogue():
+    # As tests/test_train_speed_invariants.py checks for SASRec.
+    data, _ = build(generate(num_users=40, num_items=30, min_len=3, max_len=9), L)
+    cfg = _cfg(mech="stoc", eval_chunk=16)
+    params = train.init_member(cfg, data.num_items, 0)["params"]
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    noisy = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    params = jax.tree.unflatten(tree, noisy)
+    full = evaluate.eval_ranks(cfg, params, data, "test")
+    chunked = evaluate.eval_ranks(cfg, params, data, "test", item_chunk=7)
+    np.testing.assert_array_equal(full, chunked)
+
+    model = models.build(cfg, data.num_items)
+    inp, hist = data.test_inp, data.eval_hist
+    state = model.apply(params, inp, method="user_state")
+
+    def score(ids):
+        return model.apply(params, state, ids, method="score_items")
+
+    top, ids = evaluate.top_k_items(score, hist, data.num_items, 5, ic=7)
+    scores = model.apply(params, inp, method="score_all")
+    where = evaluate.candidate_mask(hist, data.num_items)
+    ref_top, ref_ids = jax.lax.top_k(jnp.where(where, scores, -jnp.inf), 5)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(top, ref_top, rtol=1e-6)
+    rows = jnp.broadcast_to(jnp.arange(data.num_items + 1), scores.shape)
+    np.testing.assert_allclose(score(rows), scores, rtol=1e-6)
 
 
 def test_sasrec_stoc_refused():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awrsr_jax import train
+from awrsr_jax import evaluate, train
 from awrsr_jax.data import build, generate
 from tests.conftest import tiny_config
 
@@ -29,7 +29,7 @@ def test_early_stopping_counts_patience(tiny_data):
 
 def test_sampled_negatives_avoid_the_whole_history():
     hist = jnp.asarray([[1, 2, 3, 0], [4, 5, 6, 7]])
-    negs = np.asarray(train._sample_outside(jax.random.PRNGKey(0), hist, 9, 100))
+    negs = np.asarray(evaluate._sample_outside(jax.random.PRNGKey(0), hist, 9, 100))
     assert negs.shape == (2, 100)
     assert set(negs[0].tolist()) <= {4, 5, 6, 7, 8, 9}
     assert set(negs[1].tolist()) <= {1, 2, 3, 8, 9}
@@ -39,7 +39,9 @@ def test_sampled100_ranks_are_within_101(tiny_data):
     cfg = tiny_config(protocol="sampled100", epochs=1)
     state = train.init_member(cfg, tiny_data.num_items, 0)
     ranks = np.asarray(
-        train.eval_ranks(cfg, state["params"], tiny_data, "test", jax.random.PRNGKey(0))
+        evaluate.eval_ranks(
+            cfg, state["params"], tiny_data, "test", jax.random.PRNGKey(0)
+        )
     )
     assert ranks.shape == (tiny_data.num_eval,)
     assert ranks.min() >= 1 and ranks.max() <= 101

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awrsr_jax import models, train
+from awrsr_jax import evaluate, models, train
 from awrsr_jax.data import build, generate, sampling
 from awrsr_jax.ops import attention as att
 from tests.conftest import tiny_config
@@ -126,8 +126,8 @@ def test_masked_softmax_derivative_matches_autodiff():
 def test_item_chunked_ranks_and_top_k_match_the_whole_catalogue(tiny_data):
     cfg = tiny_config(eval_chunk=16)
     params = train.init_member(cfg, tiny_data.num_items, 0)["params"]
-    full = train.eval_ranks(cfg, params, tiny_data, "test")
-    chunked = train.eval_ranks(cfg, params, tiny_data, "test", item_chunk=7)
+    full = evaluate.eval_ranks(cfg, params, tiny_data, "test")
+    chunked = evaluate.eval_ranks(cfg, params, tiny_data, "test", item_chunk=7)
     np.testing.assert_array_equal(full, chunked)
 
     model = models.build(cfg, tiny_data.num_items)
@@ -137,9 +137,9 @@ def test_item_chunked_ranks_and_top_k_match_the_whole_catalogue(tiny_data):
     def score(ids):
         return model.apply(params, state, ids, method="score_items")
 
-    top, ids = train.top_k_items(score, hist, tiny_data.num_items, 5, ic=7)
+    top, ids = evaluate.top_k_items(score, hist, tiny_data.num_items, 5, ic=7)
     scores = model.apply(params, inp, method="score_all")
-    where = train.candidate_mask(hist, tiny_data.num_items)
+    where = evaluate.candidate_mask(hist, tiny_data.num_items)
     ref_top, ref_ids = jax.lax.top_k(jnp.where(where, scores, -jnp.inf), 5)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(top, ref_top, rtol=1e-6)

@@ -23,7 +23,8 @@ embedding; each position carries a diagonal Gaussian ``N(mu, diag(sigma))``.
   max(0, d_pos - d(pos, neg))``, averaged over real target positions.
 * Ranking (their ``dist_predict_full``): ascending squared W2 (matmul form, no
   square root) from the last position's Gaussian to every item; ``score_all``
-  returns ``-W2^2`` so that higher is better, as train.py expects.
+  returns ``-W2^2`` so that higher is better, as evaluation expects.
+  ``user_state`` and ``score_items`` split it for item-chunked evaluation.
 * Initialisation (their ``init_weights``): Linear and Embedding weights
   ``Normal(mean=0.01, std=0.02)`` (DistSAModel uses mean 0.01, unlike their
   SASRec's 0), biases 0, LayerNorm ``eps = 1e-12``. Refinement matrices use
@@ -240,6 +241,22 @@ class STOSA(nn.Module):
         mu, sigma = self(seq_BxL, train=False)
         item_mu, item_sg = self.item_gaussians()
         return -att.w2_distance_sq(mu[:, -1], sigma[:, -1], item_mu, item_sg)
+
+    def user_state(self, seq_BxL):
+        """``(mu_BxD, sigma_BxD)``, the last position's Gaussian: what
+        :meth:`score_items` scores against (no dropout)."""
+        mu, sigma = self(seq_BxL, train=False)
+        return mu[:, -1], sigma[:, -1]
+
+    def score_items(self, state, items):
+        """``-W2^2`` from each user state to ``items`` (``[I]`` for every row,
+        or ``[B, I]``): the item-chunked form of :meth:`score_all`."""
+        mu_BxD, sigma_BxD = state
+        item_mu, item_sg = self.item_gaussians(items)
+        if items.ndim == 1:
+            return -att.w2_distance_sq(mu_BxD, sigma_BxD, item_mu, item_sg)
+        d = att.w2_distance_sq(mu_BxD[:, None], sigma_BxD[:, None], item_mu, item_sg)
+        return -d[:, 0]
 
     def loss(self, seq_BxL, pos_BxL, neg_BxL, train: bool = True):
         """BPR + pvn over the positions whose target is not padding."""
