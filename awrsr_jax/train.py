@@ -55,6 +55,11 @@ def _optimizer(cfg: Config):
     return optax.scale_by_adam(b1=0.9, b2=ADAM_B2[cfg.backbone], eps=1e-8)
 
 
+def _global_norm(tree):
+    # Written out: optax renamed its helper across the versions we support.
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 def _model(cfg: Config, num_items: int, hp):
     return models.build(
         cfg, num_items, dropout=hp["dropout"], pvn_weight=hp["pvn_weight"]
@@ -73,8 +78,13 @@ def init_member(cfg: Config, num_items: int, seed):
 
 def init_state(cfg: Config, num_items: int, seeds) -> dict:
     """Stacked member states for ``seeds`` (leading axis M)."""
-    fn = jax.jit(jax.vmap(functools.partial(init_member, cfg, num_items)))
-    return fn(jnp.asarray(seeds, jnp.uint32))
+    return _init_fn(cfg, num_items)(jnp.asarray(seeds, jnp.uint32))
+
+
+@functools.cache
+def _init_fn(cfg: Config, num_items: int):
+    # Cached so that every start of one config reuses one compiled init.
+    return jax.jit(jax.vmap(functools.partial(init_member, cfg, num_items)))
 
 
 def _loss_fn(params, cfg, num_items, hp, seq, pos, neg, key):
@@ -138,7 +148,7 @@ def train_epoch(cfg: Config, state, hp, active, data: SeqData, epoch, *, mesh=No
         )
         updates, opt_state = tx.update(grads, opt_state)
         params = jax.tree.map(lambda p, g: p - hp["lr"] * g, params, updates)
-        return (params, opt_state), (loss, optax.global_norm(grads))
+        return (params, opt_state), (loss, _global_norm(grads))
 
     (params, opt_state), (loss, gnorm) = jax.lax.scan(
         step, (state["params"], state["opt_state"]), (jnp.arange(steps), idx, real)
@@ -222,7 +232,7 @@ class LoopState:
     @classmethod
     def start(cls, cfg: Config, num_items: int, seeds) -> LoopState:
         m = len(seeds)
-        state = _init_fn(cfg, num_items)(jnp.asarray(seeds, jnp.uint32))
+        state = init_state(cfg, num_items, seeds)
         return cls(
             epoch=0,
             state=state,
@@ -251,12 +261,6 @@ class LoopState:
             active=np.ones(m, bool),
             seconds=[],
         )
-
-
-@functools.cache
-def _init_fn(cfg: Config, num_items: int):
-    # Cached so that every start() of one config reuses one compiled init.
-    return jax.jit(jax.vmap(functools.partial(init_member, cfg, num_items)))
 
 
 @dataclasses.dataclass
