@@ -5,7 +5,11 @@ Data enters as one member's params and a :class:`SeqData` on the device
 the items removed from each user's candidates). :func:`eval_ranks` scores users
 in chunks of ``cfg.eval_chunk`` (``lax.map``) and returns ``int32[Ue]``, each
 user's pessimistic rank of its target (ties count against the model); nothing
-else leaves the device. Large catalogues are scored in item chunks as well
+else leaves the device. Full ranking trims the padding: users go in order of
+input length (``SeqData.valid_order``), bucket by bucket, each bucket's inputs
+cut to their last ``bucket`` positions (:func:`dataset.bucket_lengths`; one
+compiled shape per bucket). Left padding and the models' trimmed refinement
+matrices make this give the ranks of the full-length inputs. Large catalogues are scored in item chunks as well
 (:func:`_ranks_by_item_chunks`), with the backbone's ``user_state`` and
 ``score_items``. :func:`summarize` turns ranks into metrics once, on the host:
 means of per-user values. :func:`top_k_items` is the item-chunked top-k that
@@ -26,9 +30,9 @@ import jax.numpy as jnp
 
 from awrsr_jax import models
 from awrsr_jax.config import Config
-from awrsr_jax.data import sampling
+from awrsr_jax.data import dataset, sampling
 from awrsr_jax.data.dataset import SeqData
-from awrsr_jax.ops import metrics
+from awrsr_jax.ops import metrics, refine
 
 
 def _split_arrays(data: SeqData, split: str):
@@ -36,6 +40,17 @@ def _split_arrays(data: SeqData, split: str):
         return data.valid_inp, data.valid_tgt, data.eval_hist[:, :-1]
     if split == "test":
         return data.test_inp, data.test_tgt, data.eval_hist
+    raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+
+
+def _split_buckets(data: SeqData, split: str):
+    """``(order, ((length, count), ...))``: users by input length, per bucket."""
+    order, counts = (
+        (data.valid_order, data.valid_counts)
+        if split == "valid"
+        else (data.test_order, data.test_counts)
+    )
+    return order, tuple(zip(dataset.bucket_lengths(data.max_len), counts))
     raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
 
 
@@ -50,7 +65,14 @@ ITEM_CHUNK = 1 << 16  # catalogues larger than this are scored in item chunks
 
 
 def eval_ranks(
-    cfg: Config, params, data: SeqData, split: str, key=None, *, item_chunk=None
+    cfg: Config,
+    params,
+    data: SeqData,
+    split: str,
+    key=None,
+    *,
+    item_chunk=None,
+    trim=None,
 ):
     """Each evaluation user's rank of its target (one member), ``int32[Ue]``.
 
@@ -63,18 +85,26 @@ def eval_ranks(
     also built ``item_chunk`` items at a time from the backbone's
     ``user_state``/``score_items`` (:func:`_ranks_by_item_chunks`), so memory
     is bounded by ``eval_chunk * item_chunk`` whatever the catalogue size.
+
+    Full ranking (``trim``, default on unless the mechanism is ``LEAKY``) runs
+    users bucket by bucket of input length, each on its last ``bucket``
+    positions only, and puts the ranks back in user order. The sampled
+    protocol keeps the full length and the original chunks (its draws are
+    keyed by chunk).
     """
     inp, tgt, hist = _split_arrays(data, split)
     model = models.build(cfg, data.num_items)
-    n, c = data.num_eval, min(cfg.eval_chunk, data.num_eval)
-    chunks = math.ceil(n / c)
-    idx = jnp.minimum(jnp.arange(chunks * c), n - 1).reshape(chunks, c)
+    n = data.num_eval
     ic = ITEM_CHUNK if item_chunk is None else item_chunk
     by_items = cfg.protocol == "full" and data.num_items + 1 > ic
+    if trim is None:
+        trim = cfg.protocol == "full" and cfg.mech not in refine.LEAKY
 
-    def one_chunk(rows):
+    def one_chunk(rows, length):
+        seq = inp[rows][:, inp.shape[1] - length :]
+        c = rows.shape[0]
         if by_items:
-            state = model.apply(params, inp[rows], method="user_state")
+            state = model.apply(params, seq, method="user_state")
 
             def score(ids):
                 return model.apply(params, state, ids, method="score_items")
@@ -82,7 +112,7 @@ def eval_ranks(
             return _ranks_by_item_chunks(
                 score, tgt[rows], hist[rows], data.num_items, ic
             )
-        scores = model.apply(params, inp[rows], method="score_all")
+        scores = model.apply(params, seq, method="score_all")
         if cfg.protocol == "full":
             where = candidate_mask(hist[rows], data.num_items)
             return metrics.target_rank(scores, tgt[rows], where_BxV=where)
@@ -95,7 +125,26 @@ def eval_ranks(
         sub = jnp.take_along_axis(scores, cand, 1)
         return metrics.target_rank(sub, jnp.zeros(c, jnp.int32))
 
-    return jax.lax.map(one_chunk, idx).reshape(-1)[:n]
+    def ranks_of(idx, length):
+        return jax.lax.map(lambda rows: one_chunk(rows, length), idx).reshape(-1)
+
+    if trim:
+        order, buckets = _split_buckets(data, split)
+        parts, start = [], 0
+        for length, count in buckets:
+            if count:
+                rows = order[start : start + count]
+                chunks = math.ceil(count / cfg.eval_chunk)
+                c = math.ceil(count / chunks)  # least padding for that many chunks
+                pick = jnp.minimum(jnp.arange(chunks * c), count - 1)
+                parts.append(ranks_of(rows[pick].reshape(chunks, c), length)[:count])
+            start += count
+        return jnp.zeros(n, jnp.int32).at[order].set(jnp.concatenate(parts))
+
+    c = min(cfg.eval_chunk, n)
+    chunks = math.ceil(n / c)
+    idx = jnp.minimum(jnp.arange(chunks * c), n - 1).reshape(chunks, c)
+    return ranks_of(idx, data.max_len)[:n]
 
 
 def _chunk_candidates(ids_I, tgt_C, hist_CxH, num_items):

@@ -12,6 +12,11 @@ a target whose input is padding, so a user's first item is never a target). A tr
 of one item has no target and gives no row. Evaluation inputs are the last ``L``
 items before the target, left-padded. ``eval_hist`` is ``s[:m-1]``
 right-aligned: the test history; the validation history is ``eval_hist[:, :-1]``.
+
+For evaluation on short inputs, each split also keeps its users ordered by input
+length (``valid_order``/``test_order``) and how many fall in each of the
+:func:`bucket_lengths` (``valid_counts``/``test_counts``, static): evaluation
+runs each bucket on the last ``bucket`` positions only.
 """
 
 from __future__ import annotations
@@ -47,6 +52,25 @@ def _left_pad(rows, width):
     return out
 
 
+def bucket_lengths(max_len: int) -> tuple[int, ...]:
+    """Input lengths that evaluation compiles: 8, 16, 32, ... then ``max_len``."""
+    out, b = [], 8
+    while b < max_len:
+        out.append(b)
+        b *= 2
+    return (*out, max_len)
+
+
+def _by_length(inp: np.ndarray, max_len: int):
+    """Users ordered by real input length, and the count in each bucket."""
+    lens = np.count_nonzero(inp, axis=1)
+    order = np.argsort(lens, kind="stable").astype(np.int32)
+    edges = np.asarray(bucket_lengths(max_len))
+    which = np.searchsorted(edges, lens, side="left")  # smallest bucket >= len
+    counts = np.bincount(which, minlength=len(edges))
+    return jnp.asarray(order), tuple(int(c) for c in counts)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SeqData:
@@ -61,8 +85,13 @@ class SeqData:
     test_inp: jax.Array  # [Ue, L]
     test_tgt: jax.Array  # [Ue]
     eval_hist: jax.Array  # [Ue, H]
+    valid_order: jax.Array  # [Ue] int32, users by valid input length
+    test_order: jax.Array  # [Ue] int32, users by test input length
     num_items: int = dataclasses.field(metadata=dict(static=True))
     max_len: int = dataclasses.field(metadata=dict(static=True))
+    # Users per bucket_lengths(max_len) bucket, in *_order order.
+    valid_counts: tuple = dataclasses.field(metadata=dict(static=True))
+    test_counts: tuple = dataclasses.field(metadata=dict(static=True))
 
     @property
     def num_train(self) -> int:
@@ -106,17 +135,25 @@ def build(seqs: dict[int, list[int]], max_len: int, num_items: int | None = None
     eval_hist = np.zeros((len(users), width), np.int32)
     for r, h in enumerate(hist_rows):
         eval_hist[r, width - len(h) :] = h
+    valid_inp = _left_pad([valid[u][0] for u in users], max_len)
+    test_inp = _left_pad([test[u][0] for u in users], max_len)
+    valid_order, valid_counts = _by_length(valid_inp, max_len)
+    test_order, test_counts = _by_length(test_inp, max_len)
     data = SeqData(
         train_seq=jnp.asarray(_left_pad(rows, max_len + 1)),
         hist_flat=jnp.asarray(np.concatenate(hist) if hist else np.zeros(1, np.int32)),
         hist_start=jnp.asarray((end - lens).astype(np.int32)),
         hist_end=jnp.asarray(end.astype(np.int32)),
-        valid_inp=jnp.asarray(_left_pad([valid[u][0] for u in users], max_len)),
+        valid_inp=jnp.asarray(valid_inp),
         valid_tgt=jnp.asarray(np.array([valid[u][1] for u in users], np.int32)),
-        test_inp=jnp.asarray(_left_pad([test[u][0] for u in users], max_len)),
+        test_inp=jnp.asarray(test_inp),
         test_tgt=jnp.asarray(np.array([test[u][1] for u in users], np.int32)),
         eval_hist=jnp.asarray(eval_hist),
+        valid_order=valid_order,
+        test_order=test_order,
         num_items=int(n_items),
         max_len=int(max_len),
+        valid_counts=valid_counts,
+        test_counts=test_counts,
     )
     return data, users

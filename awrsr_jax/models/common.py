@@ -1,7 +1,11 @@
 """Pieces both backbones share: refinement parameters and the weight pipeline.
 
 A layer's refinement matrices are ``[n, n]`` (shared by its heads) or
-``[H, n, n]`` with ``per_head=True``. When the ``intermediates`` collection is
+``[H, n, n]`` with ``per_head=True``, ``n`` being the module's ``max_len``. An
+input shorter than ``n`` (evaluation trimmed to a user's real items, see
+:func:`awrsr_jax.evaluate.eval_ranks`) uses the matrices cut by
+:func:`awrsr_jax.ops.refine.trim_params`, which leaves the outputs at its
+positions those of the left-padded full-length input. When the ``intermediates`` collection is
 mutable, the block records the score matrix ``A`` (masked entries 0) and the
 refined logits ``B`` of every layer, for the heatmap figures.
 """
@@ -25,14 +29,24 @@ def refine_params(module: nn.Module, mech: str, n: int, heads: int, per_head: bo
 
 
 def refined_weights(module, scores_BxHxLxL, mask, *, mech, refine_input, per_head):
-    """Attention weights ``P`` of one layer, with ``A`` and ``B`` sown."""
-    n, heads = scores_BxHxLxL.shape[-1], scores_BxHxLxL.shape[1]
+    """Attention weights ``P`` of one layer, with ``A`` and ``B`` sown.
+
+    The matrices are ``module.max_len`` square (the input length when that is
+    ``None``); a shorter input uses them trimmed to its length.
+    """
+    length, heads = scores_BxHxLxL.shape[-1], scores_BxHxLxL.shape[1]
+    n = getattr(module, "max_len", None) or length
+    if length > n:
+        raise ValueError(f"input length {length} exceeds max_len {n}")
     mask = jnp.broadcast_to(mask, scores_BxHxLxL.shape)
+    params = refine_params(module, mech, n, heads, per_head)
+    if length < n:
+        params = refine.trim_params(params, length)
     b = refine.refined_logits(
         scores_BxHxLxL,
         mask=mask,
         mech=mech,
-        params=refine_params(module, mech, n, heads, per_head),
+        params=params,
         refine_input=refine_input,
         d_head=module.hidden // module.heads,
     )

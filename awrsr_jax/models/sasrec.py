@@ -44,6 +44,7 @@ class SASRecBlock(nn.Module):
     mech: str
     refine_input: str
     per_head: bool
+    max_len: int | None = None  # refinement matrices' size (None: input length)
 
     @nn.compact
     def __call__(self, x_BxLxD, valid_BxL, train: bool):
@@ -115,6 +116,7 @@ class SASRec(nn.Module):
                 self.mech,
                 self.refine_input,
                 self.per_head,
+                max_len=self.max_len,
                 name=f"block{i}",
             )
             for i in range(self.layers)

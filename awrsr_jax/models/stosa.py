@@ -115,6 +115,7 @@ class STOSABlock(nn.Module):
     mech: str
     refine_input: str
     per_head: bool
+    max_len: int | None = None  # refinement matrices' size (None: input length)
 
     @nn.compact
     def __call__(self, mu_BxLxD, sigma_BxLxD, valid_BxL, train: bool):
@@ -203,6 +204,7 @@ class STOSA(nn.Module):
                 self.mech,
                 self.refine_input,
                 self.per_head,
+                max_len=self.max_len,
                 name=f"block{i}",
             )
             for i in range(self.layers)

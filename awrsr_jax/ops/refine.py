@@ -116,6 +116,29 @@ def check_mech(mech: str) -> None:
         raise ValueError(f"unknown refinement {mech!r}; choose from {sorted(REFINERS)}")
 
 
+# Matrices whose columns index key positions (masked afterwards); the others'
+# columns are features that span all ``n`` (see :func:`trim_params`).
+KEY_COLUMNS = frozenset({"W_RV"})
+
+
+def trim_params(params: Params, length: int) -> Params:
+    """The ``[..., n, n]`` matrices cut for an input of its last ``length`` positions.
+
+    With left padding, ``a`` is zero in the padded columns, so ``a W`` reads only
+    ``W``'s rows at real positions: rows ``W[-length:]`` and all ``n`` columns
+    (the features of ``R``, ``S``, ``mu``, ``Sigma``, which ``R S^T`` and the W2
+    distance sum over). ``W_RV``'s columns are key positions that the mask cuts
+    per key, so it is cut on both axes. The refined logits at the last ``length``
+    positions are then those of the full-length input (not for ``LEAKY``
+    mechanisms, whose inner attention also spans padded rows).
+    """
+    out = {}
+    for name, w in params.items():
+        w = w[..., w.shape[-2] - length :, :]
+        out[name] = w[..., w.shape[-1] - length :] if name in KEY_COLUMNS else w
+    return out
+
+
 def init_param(key, shape, dtype=jnp.float32):
     """Uniform(+-1/sqrt(n)) like a bias-free ``torch.nn.Linear(n, n)``."""
     bound = 1.0 / math.sqrt(shape[-1])
