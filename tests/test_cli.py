@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from awrsr_jax.data import generate, write_sequences
-from tests.conftest import REPO
+from tests.conftest import run_module
 
 
 def _main(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.main", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("experiments.main", *args)
 
 
 @pytest.fixture

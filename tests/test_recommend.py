@@ -7,8 +7,6 @@ A trained tiny run's checkpoint feeds both :mod:`awrsr_jax.recommend` and
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 from awrsr_jax import evaluate, models
 from awrsr_jax.data import build
 from awrsr_jax.recommend import Recommender, UnknownItemError, check_items
-from tests.conftest import REPO
+from tests.conftest import run_module
 from tests.test_checkpoint import CFG, ref, tiny_seqs  # noqa: F401 (fixture)
 
 
@@ -101,13 +99,7 @@ def test_build_refuses_items_outside_the_catalogue():
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.recommend", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("experiments.recommend", *args)
 
 
 def test_cli_errors_name_the_id_or_the_line(ref, tmp_path):  # noqa: F811

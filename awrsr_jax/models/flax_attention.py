@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from awrsr_jax.models.common import refine_params
 from awrsr_jax.ops import attention as att
 from awrsr_jax.ops import refine
 
@@ -63,11 +64,7 @@ def refined_attention_fn(
                     "refined_attention_fn without params= needs the attention module: "
                     "call MultiHeadDotProductAttention with sow_weights=True"
                 )
-            shape = (heads, n, n) if per_head else (n, n)
-            w = {
-                k: module.param(k, refine.init_param, shape)
-                for k in refine.param_names(mech)
-            }
+            w = refine_params(module, mech, n, heads, per_head)
         p = refine.attention_weights(
             scores,
             mask=mask,
