@@ -192,11 +192,15 @@ def run(
     checkpoint_every: int = 1,
     keep_checkpoints: int = 2,
     mesh=None,
+    max_minutes: float | None = None,
 ) -> dict:
     """Trains ``cfg`` (resuming from ``workdir`` if it holds this run); returns
     the results. ``sequences`` passes data in memory (``dataset`` names it).
     ``mesh`` (:func:`awrsr_jax.parallel.mesh_for`) goes to :func:`train.fit`;
     it is not part of the run's identity, so a run may resume on another mesh.
+    ``max_minutes`` ends training after the first epoch that finishes past it
+    (checkpointed): the results are those of the best validation epoch so far,
+    marked ``"stopped": "max_minutes"``, and the same call resumes training.
 
     Raises ``ValueError`` for bad flags, data or a foreign workdir,
     ``FloatingPointError`` on divergence and :class:`Preempted` after SIGTERM.
@@ -245,9 +249,13 @@ def run(
             check_same_run(old, identity, workdir)
         store = checkpoint.Store(paths["checkpoints"], keep=keep_checkpoints)
         try:
-            res = _train(
-                cfg, data, meta, store, paths, term, checkpoint_every, quiet, mesh
+            deadline = (
+                None if max_minutes is None else time.monotonic() + 60 * max_minutes
             )
+            res, stopped = _train(
+                cfg, data, meta, store, paths, term, checkpoint_every, quiet, mesh,
+                deadline,
+            )  # fmt: skip
         finally:
             store.close()
     protocol = protocol_text(cfg, data.num_items)
@@ -260,11 +268,15 @@ def run(
         "epochs_run": res.epochs_run,
         "seconds_per_epoch": res.seconds_per_epoch,
     }
+    if stopped:
+        results["stopped"] = "max_minutes"
     _save_npy(paths["test_ranks.npy"], res.test_ranks)
     write_json(paths["results.json"], results)
     if not quiet:
         print(f"\n{cfg.backbone} mech={cfg.mech} | protocol: {protocol}")
         print(results_table(res))
+        if stopped:
+            print(f"stopped after --max_minutes={max_minutes}; run again to go on")
         print(
             f"best epoch {res.best_epoch}, {res.epochs_run} epochs run, "
             f"{res.seconds_per_epoch:.3f} s/epoch; files in {workdir}"
@@ -272,8 +284,10 @@ def run(
     return results
 
 
-def _train(cfg, data, meta, store, paths, term, every: int, quiet: bool, mesh):
-    """Restores or starts the loop, trains with checkpoints, returns FitResult."""
+def _train(cfg, data, meta, store, paths, term, every, quiet, mesh, deadline):
+    """Restores or starts the loop, trains with checkpoints; returns the
+    FitResult and whether the ``deadline`` (``time.monotonic``) ended it."""
+    stopped = False
     log = sys.stderr
     loop, history = None, []
     if store.latest() is not None:
@@ -323,11 +337,14 @@ def _train(cfg, data, meta, store, paths, term, every: int, quiet: bool, mesh):
                 bar.set_postfix(post)
 
         def after_epoch(lp):
+            nonlocal stopped
             done = lp.epoch >= cfg.epochs or not lp.active.any()
-            if done or term.requested or lp.epoch % every == 0:
+            stopped = not done and deadline is not None and time.monotonic() > deadline
+            if done or stopped or term.requested or lp.epoch % every == 0:
                 store.save(lp, meta | {"history": history})
             if term.requested and not done:
                 raise Preempted(lp.epoch, os.path.dirname(store.directory))
+            return stopped
 
         try:
             res = train.fit(
@@ -348,4 +365,4 @@ def _train(cfg, data, meta, store, paths, term, every: int, quiet: bool, mesh):
             ) from None
         finally:
             bar.close()
-    return res
+    return res, stopped

@@ -47,6 +47,12 @@ flags.DEFINE_integer(
     "checkpoint_every", 1, "save the loop state every N epochs (and at the end)"
 )
 flags.DEFINE_integer("keep_checkpoints", 2, "newest checkpoints kept (each has best)")
+flags.DEFINE_float(
+    "max_minutes",
+    None,
+    "end training after this many minutes: test metrics at the best validation "
+    "epoch so far; the same command resumes",
+)
 flags.DEFINE_enum(
     "mesh",
     "none",
@@ -74,6 +80,8 @@ def main(argv):
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
         cfg = validate(config_from_flags())
+        if FLAGS.max_minutes is not None and FLAGS.max_minutes <= 0:
+            raise ValueError(f"--max_minutes={FLAGS.max_minutes}: must be positive")
         if FLAGS.seeds < 1:
             raise ValueError(f"--seeds={FLAGS.seeds}: must be >= 1")
         mesh = None if FLAGS.mesh == "none" else parallel.mesh_for(FLAGS.mesh)
@@ -89,6 +97,7 @@ def main(argv):
             checkpoint_every=FLAGS.checkpoint_every,
             keep_checkpoints=FLAGS.keep_checkpoints,
             mesh=mesh,
+            max_minutes=FLAGS.max_minutes,
         )
     except runner.Preempted as e:
         # A clean stop: the state is saved and the same command resumes it.

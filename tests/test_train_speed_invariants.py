@@ -147,7 +147,8 @@ def test_item_chunked_ranks_and_top_k_match_the_whole_catalogue(tiny_data):
 
 @pytest.mark.slow
 def test_one_member_epoch_equals_the_vmapped_epoch(tiny_data):
-    cfg = tiny_config(dropout=0.3)
+    # Trimmed row groups draw other dropout masks: off here (tested on their own).
+    cfg = tiny_config(dropout=0.3, trim_rows=0)
     state = train.init_state(cfg, tiny_data.num_items, [5])
     hp = train.hparams(cfg, 1)
     active = jnp.ones(1, bool)

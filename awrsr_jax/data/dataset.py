@@ -53,7 +53,8 @@ def _left_pad(rows, width):
 
 
 def bucket_lengths(max_len: int) -> tuple[int, ...]:
-    """Input lengths that evaluation compiles: 8, 16, 32, ... then ``max_len``."""
+    """Input widths that evaluation and trimmed training compile: 8, 16, 32,
+    ... then ``max_len``."""
     out, b = [], 8
     while b < max_len:
         out.append(b)
