@@ -129,6 +129,19 @@ def test_sigterm_saves_at_the_next_epoch_and_resumes_exactly(
     assert_same_run(ref, str(wd))
 
 
+def test_max_minutes_reports_the_best_so_far_and_the_same_call_goes_on(ref, tmp_path):
+    wd = tmp_path / "wd"
+    first = run(wd, max_minutes=1e-9)  # past the deadline after the first epoch
+    assert first["stopped"] == "max_minutes"
+    assert first["epochs_run"] == 1 and first["best_epoch"] == 0
+    # Its test metrics are those of the reference run's epoch-0 parameters.
+    history = final_state(ref, step=1)[1]["history"]
+    assert first["valid"] == history[0]["valid"]
+    done = run(wd)
+    assert "stopped" not in done and done["epochs_run"] == CFG.epochs
+    assert_same_run(ref, str(wd))
+
+
 def test_same_seed_same_bytes_other_seed_differs(ref, tmp_path):
     run(tmp_path / "again")
     assert_same_run(ref, str(tmp_path / "again"))
