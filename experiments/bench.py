@@ -4,7 +4,9 @@ Prints one JSON line per case, as soon as it is measured: backbone, mech, data
 shape, device, seconds per epoch (median of ``--epochs`` epochs after
 compilation), compile seconds, sequences per second, full-ranking evaluation
 seconds (one validation pass over every evaluated user), peak memory and
-ensemble size. Data: ``$AWRSR_DATA_DIR`` or ``<repo>/../shared/data`` files when present (ML-1M for
+ensemble size, and the training row-group size (``--trim_rows``; one-member
+cases cut each batch's padding, see ``train._trimmed_loss_and_grad``;
+``--trim_rows=0`` measures full-length batches). Data: ``$AWRSR_DATA_DIR`` or ``<repo>/../shared/data`` files when present (ML-1M for
 SASRec, STOSA's 5-core Beauty for STOSA), otherwise random sequences of the
 same shape (users, items, mean length), marked ``"data": "synthetic"``.
 
@@ -47,6 +49,11 @@ flags.DEFINE_float(
 )
 flags.DEFINE_string("only", "", "comma-separated case names to run (default: all)")
 flags.DEFINE_integer("eval_chunk", 0, "users per evaluation chunk (0: ~2^24 scores)")
+flags.DEFINE_integer(
+    "trim_rows",
+    None,
+    "training row-group size (0: full-length batches; default: Config's)",
+)
 FLAGS = flags.FLAGS
 
 DATA_DIR = SHARED_DATA  # AWRSR_DATA_DIR overrides <repo>/../shared/data
@@ -140,8 +147,12 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
-def run_case(case: dict, data, source: str, epochs: int, eval_chunk: int) -> dict:
+def run_case(
+    case: dict, data, source: str, epochs: int, eval_chunk: int, trim_rows=None
+) -> dict:
     cfg = Config(**case["cfg"])
+    if trim_rows is not None:
+        cfg = cfg.replace(trim_rows=trim_rows)
     v = data.num_items + 1
     chunk = eval_chunk or max(256, (1 << 24) // v)
     cfg = cfg.replace(eval_chunk=min(chunk, data.num_eval))
@@ -170,6 +181,7 @@ def run_case(case: dict, data, source: str, epochs: int, eval_chunk: int) -> dic
         "layers": cfg.layers,
         "heads": cfg.heads,
         "batch": cfg.batch_size,
+        "trim_rows": cfg.trim_rows if m == 1 else 0,
         "ensemble": m,
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         "sec_per_epoch": round(sec, 5),
@@ -222,7 +234,7 @@ def main(argv):
             loaded[key] = (data_lib.build(seqs, key[1])[0], source)
         data, source = loaded[key]
         epochs = 1 if FLAGS.quick else FLAGS.epochs
-        rec = run_case(case, data, source, epochs, FLAGS.eval_chunk)
+        rec = run_case(case, data, source, epochs, FLAGS.eval_chunk, FLAGS.trim_rows)
         if case["members"] > 1:
             base = name.split("-x")[0]
             ref = next((r for r in _done if r["case"] == base), None)

@@ -298,3 +298,19 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     md_path, _ = reproduce.render(tmp_path, "2", tmp_path)
     assert "## smoke / sasrec" in open(md_path).read()
     assert len(figures.make_figures(tmp_path, tmp_path / "fig")) == 4
+
+
+def test_bench_quick_prints_one_json_line_per_case():
+    from tests.conftest import run_module
+
+    out = run_module("experiments.bench", "--quick", "--epochs=1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    recs = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    assert [r["case"] for r in recs] == ["sasrec-none", "sasrec-value", "stosa-stoc"]
+    for r in recs:
+        assert r["sec_per_epoch"] > 0 and r["eval_s"] > 0 and r["compile_s"] > 0
+        assert r["seq_per_s"] == pytest.approx(
+            r["users"] / r["sec_per_epoch"], rel=1e-3
+        )
+        assert r["trim_rows"] == 16 and r["ensemble"] == 1
+        assert math.isfinite(r["loss"])
