@@ -52,7 +52,7 @@ flags.DEFINE_integer("eval_chunk", 0, "users per evaluation chunk (0: ~2^24 scor
 flags.DEFINE_integer(
     "trim_rows",
     None,
-    "training row-group size (0: full-length batches; default: Config's)",
+    "training row-group size (0: full-length batches; default: auto, 16 on CPU)",
 )
 FLAGS = flags.FLAGS
 
@@ -181,7 +181,7 @@ def run_case(
         "layers": cfg.layers,
         "heads": cfg.heads,
         "batch": cfg.batch_size,
-        "trim_rows": cfg.trim_rows if m == 1 else 0,
+        "trim_rows": train.trim_rows(cfg) if m == 1 else 0,
         "ensemble": m,
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         "sec_per_epoch": round(sec, 5),
