@@ -266,7 +266,7 @@ def trim_rows(cfg: Config) -> int:
     """Rows per trimmed training group of a one-member run (0: full batches).
 
     ``cfg.trim_rows = -1`` (auto) is 16 on the CPU, where trimming makes a
-    STOSA Beauty epoch ~4x faster, and off on accelerators, where its effect
+    STOSA Beauty epoch ~5x faster, and off on accelerators, where its effect
     has not been measured yet (``experiments.bench --trim_rows=16`` does).
     """
     if cfg.trim_rows >= 0:
