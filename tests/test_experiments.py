@@ -312,5 +312,5 @@ def test_bench_quick_prints_one_json_line_per_case():
         assert r["seq_per_s"] == pytest.approx(
             r["users"] / r["sec_per_epoch"], rel=1e-3
         )
-        assert r["trim_rows"] == 16 and r["ensemble"] == 1
+        assert r["trim_rows"] == train_lib.trim_rows(Config()) and r["ensemble"] == 1
         assert math.isfinite(r["loss"])
