@@ -11,7 +11,7 @@ library; nothing here trains or reads flags.
   keyed by it, so a finished config is recognised whatever order it ran in.
 * :func:`shape_groups` gathers configs that differ only in the per-member
   hyper-parameters of ``train.HPARAMS`` (which keep shapes): each group trains
-  as one vmapped ensemble via ``train.fit(sweep=...)``.
+  as one ensemble via ``train.fit(sweep=...)``.
 * :class:`ResultTable` is a JSON-lines file, one record per config hash, that
   is rewritten whole to a temporary file and renamed after every update, so an
   interrupted search never leaves a half-written table.

@@ -1,8 +1,9 @@
 """Pure train steps, compiled epochs, and the early-stopping loop.
 
 Everything trains as an ensemble of M members (M = 1 for a plain run): the
-state pytree has a leading member axis, and ``jax.vmap`` runs the members in one
-compiled program. Members differ in seed and in the hyper-parameters that keep
+state pytree has a leading member axis, and the members run in one compiled
+program (``jax.vmap``, or one after another with trimmed training: see
+:func:`compiled`). Members differ in seed and in the hyper-parameters that keep
 shapes (``HPARAMS``), given per member in ``hp``.
 
 An epoch is one jitted call: the permutation, batches, negatives and dropout
@@ -161,7 +162,7 @@ def train_epoch(
 
     ``groups > 0`` computes each step's gradient on trimmed row groups
     (:func:`_trimmed_loss_and_grad`; same loss and gradient, less padding).
-    :func:`compiled` turns it on for an unbatched single member with no mesh:
+    :func:`compiled` turns it on for members run one at a time with no mesh:
     under ``vmap`` the per-member ``lax.switch`` would run every branch.
 
     Negatives come from the exact bitmask sampler when the ``[U, W]`` history
@@ -235,12 +236,16 @@ def train_epoch(
     return new_state, {"loss": jnp.mean(loss), "grad_norm": jnp.mean(gnorm)}
 
 
-def over_members(fn, in_axes, single=None):
+def over_members(fn, in_axes, single=None, sequential=False):
     """``jax.vmap(fn, in_axes)``, except that a single member (leading axis 1)
     calls ``single`` (default ``fn``) unbatched: batched dot products and
-    per-member gathers cost ~20-30% of a one-member CPU epoch for nothing. The
-    choice is made at trace time from the static shapes, so both cases stay
-    one compiled program."""
+    per-member gathers cost ~20-30% of a one-member CPU epoch for nothing.
+    ``sequential=True`` runs several members one after another through
+    ``single`` (``jax.lax.map``) instead of batching them: no batching cost,
+    and ``single`` may branch per member (``lax.switch``/``lax.cond`` really
+    skip work there, where under ``vmap`` they run every branch). The choice is
+    made at trace time from the static shapes, so every case stays one
+    compiled program."""
     vmapped = jax.vmap(fn, in_axes=in_axes)
     single = single or fn
 
@@ -251,23 +256,31 @@ def over_members(fn, in_axes, single=None):
             if ax == 0
             for x in jax.tree.leaves(a)
         }
-        if sizes != {1}:
+        if sizes == {1}:
+            squeezed = [
+                jax.tree.map(lambda x: x[0], a) if ax == 0 else a
+                for a, ax in zip(args, in_axes)
+            ]
+            return jax.tree.map(lambda x: x[None], single(*squeezed))
+        if not sequential:
             return vmapped(*args)
-        squeezed = [
-            jax.tree.map(lambda x: x[0], a) if ax == 0 else a
-            for a, ax in zip(args, in_axes)
-        ]
-        return jax.tree.map(lambda x: x[None], single(*squeezed))
+
+        def one(mapped):
+            it = iter(mapped)
+            return single(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
+
+        return jax.lax.map(one, [a for a, ax in zip(args, in_axes) if ax == 0])
 
     return call
 
 
 def trim_rows(cfg: Config) -> int:
-    """Rows per trimmed training group of a one-member run (0: full batches).
+    """Rows per trimmed training group (0: full batches, members vmapped).
 
     ``cfg.trim_rows = -1`` (auto) is 16 on the CPU, where trimming makes a
     STOSA Beauty epoch ~5x faster, and off on accelerators, where its effect
     has not been measured yet (``experiments.bench --trim_rows=16`` does).
+    Trimmed ensembles train their members one after another, not vmapped.
     """
     if cfg.trim_rows >= 0:
         return cfg.trim_rows
@@ -276,7 +289,11 @@ def trim_rows(cfg: Config) -> int:
 
 @functools.cache
 def compiled(cfg: Config, mesh=None):
-    """The jitted, member-vmapped epoch and evaluation functions of ``cfg``.
+    """The jitted epoch and evaluation functions of ``cfg``, over a member axis.
+
+    Members are vmapped, except with trimmed training (:func:`trim_rows`, the
+    CPU default), where they run one after another, each trimmed, and a member
+    that has stopped skips its epochs.
 
     ``mesh`` (see :mod:`awrsr_jax.parallel`): a ``batch`` axis splits each
     training batch over its devices; the caller places the inputs
@@ -285,9 +302,25 @@ def compiled(cfg: Config, mesh=None):
     epoch = functools.partial(train_epoch, cfg, mesh=mesh)
     rows = trim_rows(cfg)
     groups = math.ceil(cfg.batch_size / rows) if rows and mesh is None else 0
-    one = functools.partial(train_epoch, cfg, mesh=mesh, groups=groups)
+    trimmed = functools.partial(train_epoch, cfg, groups=groups)
+
+    def one(state, hp, active, data, epoch):
+        # Trimmed members run one at a time, so a stopped member skips its epoch.
+        idle = {"loss": jnp.float32(0), "grad_norm": jnp.float32(0)}
+        return jax.lax.cond(
+            active,
+            lambda s: trimmed(s, hp, active, data, epoch),
+            lambda s: (s, idle),
+            state,
+        )
+
     epoch_fn = jax.jit(
-        over_members(epoch, (0, 0, 0, None, None), single=one),
+        over_members(
+            epoch,
+            (0, 0, 0, None, None),
+            single=one if groups else None,
+            sequential=bool(groups),
+        ),
         donate_argnums=(0,),
     )
 

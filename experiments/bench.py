@@ -4,15 +4,17 @@ Prints one JSON line per case, as soon as it is measured: backbone, mech, data
 shape, device, seconds per epoch (median of ``--epochs`` epochs after
 compilation), compile seconds, sequences per second, full-ranking evaluation
 seconds (one validation pass over every evaluated user), peak memory and
-ensemble size, and the training row-group size (``--trim_rows``; one-member
-cases cut each batch's padding, see ``train._trimmed_loss_and_grad``;
-``--trim_rows=0`` measures full-length batches). Data: ``$AWRSR_DATA_DIR`` or ``<repo>/../shared/data`` files when present (ML-1M for
+ensemble size, and the training row-group size (``--trim_rows``: each batch's
+padding is cut, see ``train._trimmed_loss_and_grad``, and ensemble members
+train one after another; ``--trim_rows=0`` measures full-length batches and
+vmapped members). Data: ``$AWRSR_DATA_DIR`` or ``<repo>/../shared/data`` files when present (ML-1M for
 SASRec, STOSA's 5-core Beauty for STOSA), otherwise random sequences of the
 same shape (users, items, mean length), marked ``"data": "synthetic"``.
 
 Suites: ``cpu`` (default): SASRec ML-1M at L=200 and L=50 with ``none`` and
-``value``, STOSA Beauty with ``none`` and ``stoc``. ``gpu``: the same plus a
-16-member ensemble against one member (throughput ratio), sized for a ~4
+``value``, STOSA Beauty with ``none`` and ``stoc``, and a 5-member ensemble at
+L=50 against one member (throughput ratio). ``gpu``: the same, with a
+16-member ensemble at L=200 instead, sized for a ~4
 minute budget (``--budget_s``; cases that would start after it print a skip
 line). ``--quick``: tiny synthetic shapes, for CI. Needs only jax, flax,
 optax, numpy.
@@ -103,16 +105,17 @@ def cases(suite: str, quick: bool) -> list[dict]:
                     cfg=dict(STOSA, max_len=100, mech=mech),
                 )
             )
-        if suite == "gpu":
-            out.append(
-                dict(
-                    name="sasrec-none-L200-x16",
-                    dataset="ml-1m",
-                    members=16,
-                    eval=False,
-                    cfg=dict(SASREC, max_len=200),
-                )
+        # An ensemble against its one-member case (throughput ratio).
+        n, k = (200, 16) if suite == "gpu" else (50, 5)
+        out.append(
+            dict(
+                name=f"sasrec-none-L{n}-x{k}",
+                dataset="ml-1m",
+                members=k,
+                eval=False,
+                cfg=dict(SASREC, max_len=n),
             )
+        )
     for c in out:
         c.setdefault("members", 1)
         c.setdefault("eval", True)
@@ -181,7 +184,7 @@ def run_case(
         "layers": cfg.layers,
         "heads": cfg.heads,
         "batch": cfg.batch_size,
-        "trim_rows": train.trim_rows(cfg) if m == 1 else 0,
+        "trim_rows": train.trim_rows(cfg),
         "ensemble": m,
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         "sec_per_epoch": round(sec, 5),

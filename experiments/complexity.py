@@ -11,7 +11,7 @@ how many of them are refinement matrices (``layers * n * n`` per matrix), and
 the measured median seconds per training epoch of one model trained alone
 for ``--time_epochs`` epochs (the first, compiling, epoch is excluded;
 validation is not timed). ``--from_results`` instead reads Table 2's cells:
-their times are for a K-seed vmapped ensemble, so they say what the Table 2
+their times are for a K-seed ensemble, so they say what the Table 2
 command paid, not what one model costs. Writes ``complexity.md`` and
 ``complexity.json``.
 """
@@ -94,7 +94,7 @@ def markdown(rows, device: str) -> str:
         "# Complexity: parameters and seconds per epoch",
         "",
         f"Device: {device}. s/epoch: median over timed epochs (compile excluded); "
-        "'members' > 1 means a vmapped ensemble of that many seeds was timed.",
+        "'members' > 1 means an ensemble of that many seeds was timed.",
         "",
         "| dataset | backbone | mechanism | max_len | layers | params | "
         "refinement params | params vs none | members | s/epoch | time vs none |",

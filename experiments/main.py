@@ -42,7 +42,7 @@ flags.DEFINE_string("dataset", "synthetic", "synthetic, or file (with --data_fil
 flags.DEFINE_string("data_file", None, "sequence file (user-line or user-item pairs)")
 flags.DEFINE_enum("data_format", "auto", ["auto", "user-line", "pairs"], "file layout")
 flags.DEFINE_string("workdir", "runs/default", "output folder")
-flags.DEFINE_integer("seeds", 1, "train this many seeds at once (vmapped ensemble)")
+flags.DEFINE_integer("seeds", 1, "train this many seeds as one compiled ensemble")
 flags.DEFINE_integer(
     "checkpoint_every", 1, "save the loop state every N epochs (and at the end)"
 )
