@@ -1,0 +1,84 @@
+"""``experiments.compare``: the table of finished runs and its paired tests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import compare
+
+
+def _run(path, mech, ranks, tests, *, sha="abc", epochs_run=10, stopped=False):
+    path.mkdir()
+    config = {"config": {"mech": mech, "epochs": 200}, "data_sha256": sha}
+    results = {
+        "test": tests if len(tests) > 1 else tests[0],
+        "valid": [{"NDCG@5": 0.5}] * len(tests) if len(tests) > 1 else {"NDCG@5": 0.5},
+        "best_epoch": list(range(len(tests))) if len(tests) > 1 else 3,
+        "epochs_run": epochs_run,
+        "seconds_per_epoch": 1.25,
+    }
+    if stopped:
+        results["stopped"] = "max_minutes"
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "results.json").write_text(json.dumps(results))
+    np.save(path / "test_ranks.npy", np.asarray(ranks, np.int32))
+    return str(path)
+
+
+def _rows(md):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()]
+
+
+def test_table_values_and_paired_difference(tmp_path):
+    # 1-based ranks: rank 1 has NDCG@5 = 1, rank 20 has 0. Per user, "none" is
+    # [1, 0, 0, 0] and "value" (mean of its two seeds) [1, 1, 0.5, 0]: +0.375
+    # on average, +150% over the baseline mean 0.25.
+    base = _run(tmp_path / "a", "none", [[1, 20, 20, 20]], [{"NDCG@5": 0.25}])
+    new = _run(
+        tmp_path / "b",
+        "value",
+        [[1, 1, 1, 20], [1, 1, 20, 20]],
+        [{"NDCG@5": 0.75}, {"NDCG@5": 0.5}],
+        epochs_run=200,
+        stopped=True,
+    )
+    runs = [compare.load_run(base), compare.load_run(f"mine={new}")]
+    rows = _rows(compare.table(runs, "", ["NDCG@5"], "NDCG@5"))
+    assert rows[0][:2] == ["run", "seeds"] and rows[0][-4] == "Δ NDCG@5"
+    assert rows[2][:8] == [
+        "none",
+        "1",
+        "10",
+        "3",
+        "early stopping",
+        "1.2",
+        "0.5000",
+        "0.2500",
+    ]
+    assert rows[2][8] == "(baseline)"
+    assert rows[3][:4] == ["mine", "2", "200", "0, 1"]
+    assert rows[3][4] == "time limit"
+    assert rows[3][7] == "0.6250 ± 0.1768"  # mean, sample sd of 0.75 and 0.5
+    assert rows[3][8:10] == ["+0.3750", "+150.0"]
+    # Against "mine" the signs flip: -0.375 is -60% of its mean 0.625.
+    rows = _rows(compare.table(runs, "mine", ["NDCG@5"], "NDCG@5"))
+    assert rows[2][8:10] == ["-0.3750", "-60.0"]
+    assert rows[3][8] == "(baseline)"
+
+
+def test_refuses_runs_on_other_data_and_names_missing_files(tmp_path):
+    a = _run(tmp_path / "a", "none", [[1, 2]], [{"NDCG@5": 0.8}])
+    b = _run(tmp_path / "b", "simp", [[1, 2]], [{"NDCG@5": 0.8}], sha="other")
+    runs = [compare.load_run(a), compare.load_run(b)]
+    with pytest.raises(SystemExit, match="different data"):
+        compare.table(runs, "", ["NDCG@5"], "NDCG@5")
+    with pytest.raises(SystemExit, match="no run has that label"):
+        compare.table(runs, "stoc", ["NDCG@5"], "NDCG@5")
+    with pytest.raises(SystemExit, match="share a label"):
+        compare.table([runs[0], runs[0]], "", ["NDCG@5"], "NDCG@5")
+    (tmp_path / "c").mkdir()
+    with pytest.raises(SystemExit, match="c/config.json: not found"):
+        compare.load_run(str(tmp_path / "c"))
