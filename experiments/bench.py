@@ -4,7 +4,8 @@ Prints one JSON line per case, as soon as it is measured: backbone, mech, data
 shape, device, seconds per epoch (median of ``--epochs`` epochs after
 compilation), compile seconds, sequences per second, full-ranking evaluation
 seconds (one validation pass over every evaluated user), peak memory and
-ensemble size, and the training row-group size (``--trim_rows``: each batch's
+ensemble size, the share of training positions that are not padding
+(``fill``), and the training row-group size (``--trim_rows``: each batch's
 padding is cut, see ``train._trimmed_loss_and_grad``, and ensemble members
 train one after another; ``--trim_rows=0`` measures full-length batches and
 vmapped members). Data: ``$AWRSR_DATA_DIR`` or ``<repo>/../shared/data`` files when present (ML-1M for
@@ -156,6 +157,7 @@ def run_case(
     cfg = Config(**case["cfg"])
     if trim_rows is not None:
         cfg = cfg.replace(trim_rows=trim_rows)
+    cfg = cfg.replace(trim_rows=train.trim_rows(cfg, data))
     v = data.num_items + 1
     chunk = eval_chunk or max(256, (1 << 24) // v)
     cfg = cfg.replace(eval_chunk=min(chunk, data.num_eval))
@@ -184,7 +186,8 @@ def run_case(
         "layers": cfg.layers,
         "heads": cfg.heads,
         "batch": cfg.batch_size,
-        "trim_rows": train.trim_rows(cfg),
+        "fill": round(train.fill(data), 3),
+        "trim_rows": cfg.trim_rows,
         "ensemble": m,
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         "sec_per_epoch": round(sec, 5),

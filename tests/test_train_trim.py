@@ -105,3 +105,16 @@ def test_trimmed_epoch_matches_the_plain_epoch(data, active):
         np.testing.assert_allclose(a, b, atol=3 * cfg.lr)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(before), strict=True):
         np.testing.assert_array_equal(np.asarray(a)[~on], b[~on])
+
+
+def test_auto_trims_only_padded_data_on_the_cpu(data):
+    # User 1 trains on items 1-3: inputs 1, 2 (2 of 20 positions); user 2 fills
+    # all 20. Fill = 22 / 40.
+    half = build({1: [1, 2, 3, 4, 5], 2: list(range(1, 40))}, N)[0]
+    dense = build({2: list(range(1, 40))}, N)[0]
+    assert train.fill(half) == pytest.approx(0.55) and train.fill(dense) == 1.0
+    auto = tiny_config(max_len=N)  # trim_rows=-1
+    cpu = 16 if jax.default_backend() == "cpu" else 0
+    assert train.trim_rows(auto) == train.trim_rows(auto, half) == cpu
+    assert train.trim_rows(auto, dense) == 0
+    assert train.trim_rows(auto.replace(trim_rows=4), dense) == 4
