@@ -312,7 +312,7 @@ def test_bench_quick_prints_one_json_line_per_case():
         assert r["seq_per_s"] == pytest.approx(
             r["users"] / r["sec_per_epoch"], rel=1e-3
         )
-        # The auto row-group size: 16 on the CPU where >= 10% of positions pad.
+        # The auto row-group size: 16 on the CPU where >= 20% of positions pad.
         auto = train_lib.trim_rows(Config())
         assert 0 < r["fill"] < 1 and r["ensemble"] == 1
         assert r["trim_rows"] == (auto if r["fill"] <= train_lib.TRIM_MAX_FILL else 0)
