@@ -23,7 +23,6 @@ import json
 import os
 import sys
 
-import numpy as np
 from absl import app, flags
 
 from awrsr_jax import stats
@@ -55,7 +54,7 @@ def load_run(arg: str) -> dict:
     config = _read_json(os.path.join(path, "config.json"))
     results = _read_json(os.path.join(path, "results.json"))
     try:
-        ranks = np.atleast_2d(read_ranks(path))
+        ranks = read_ranks(path)  # [seeds, users] or [users]: stats.per_user takes both
     except (OSError, ValueError) as e:
         raise SystemExit(f"{os.path.join(path, 'test_ranks.npy')}: {e}") from None
     return dict(
