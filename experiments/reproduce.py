@@ -57,10 +57,16 @@ TUNED = {
                               lr=1e-3, batch_size=256),
 }  # fmt: skip
 SMOKE = dict(hidden=16, max_len=10, layers=1, heads=1, batch_size=32)
+# cpu: what 2 CPU cores finish in about two hours (SASRec on Beauty, 2 seeds per
+# cell, a cell's training ended after 50 minutes: its table row says so).
 BUDGETS = {
-    "gpu": dict(datasets="ml-1m,beauty", seeds=5, epochs=200, patience=20, mechs=""),
-    "smoke": dict(datasets="smoke", seeds=2, epochs=3, patience=2, mechs="none,add"),
-}
+    "gpu": dict(datasets="ml-1m,beauty", backbones="sasrec,stosa", seeds=5,
+                epochs=200, patience=20, mechs="", cell_minutes=None),
+    "cpu": dict(datasets="beauty", backbones="sasrec", seeds=2, epochs=200,
+                patience=20, mechs="", cell_minutes=50),
+    "smoke": dict(datasets="smoke", backbones="sasrec", seeds=2, epochs=3,
+                  patience=2, mechs="none,add", cell_minutes=None),
+}  # fmt: skip
 METRICS = ("Recall@1", "Recall@5", "NDCG@5")
 CONFIG_KEYS = ("max_len", "hidden", "layers", "heads", "dropout", "attn_dropout",
                "lr", "l2", "pvn_weight", "batch_size")  # fmt: skip
@@ -101,8 +107,10 @@ def table_entries(table, datasets, backbones, budget, tuned=(), mechs=None):
     return out
 
 
-def run_cell(cell_dir, cfg, seeds, data, dataset, sha) -> dict:
-    """Trains one cell's seeds as one ensemble and writes its files."""
+def run_cell(cell_dir, cfg, seeds, data, dataset, sha, minutes=None) -> dict:
+    """Trains one cell's seeds as one ensemble and writes its files. With
+    ``minutes``, training ends after the first epoch that finishes past it and
+    ``results.json`` says ``"stopped": "cell_minutes"``."""
     import jax
 
     from awrsr_jax import train
@@ -113,9 +121,17 @@ def run_cell(cell_dir, cfg, seeds, data, dataset, sha) -> dict:
     search.atomic_write(os.path.join(cell_dir, "cell.json"), json.dumps(meta) + "\n")
     mpath = os.path.join(cell_dir, "metrics.jsonl")
     t0 = time.perf_counter()
+    cut = []  # the epoch at which the time limit ended training
+
+    def past_limit(loop) -> bool:
+        over = minutes is not None and time.perf_counter() - t0 > 60 * minutes
+        if over and loop.epoch < cfg.epochs and loop.active.any():
+            cut.append(loop.epoch)
+        return bool(cut)
+
     with open(mpath + ".part", "w") as mf:
         try:
-            res = train.fit(cfg, data, seeds=seeds,
+            res = train.fit(cfg, data, seeds=seeds, after_epoch=past_limit,
                             on_epoch=lambda r: mf.write(json.dumps(r) + "\n"))  # fmt: skip
             err = None
         except FloatingPointError as e:  # diverged: recorded, the table goes on
@@ -131,6 +147,8 @@ def run_cell(cell_dir, cfg, seeds, data, dataset, sha) -> dict:
             os.path.join(cell_dir, "attention.npz"),
             **figures.attention_maps(cfg, res.best_params, data),
         )
+        if cut:
+            out["stopped"] = "cell_minutes"
         out.update(valid=res.valid, test=res.test, best_epoch=res.best_epoch,
                    epochs_run=res.epochs_run, seconds_per_epoch=res.seconds_per_epoch,
                    **complexity.count_params(cfg, res.best_params, len(seeds)))  # fmt: skip
@@ -164,10 +182,12 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
 
 
 def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
-              budget="gpu", command="", max_minutes=None, log=sys.stderr) -> str:  # fmt: skip
+              budget="gpu", command="", max_minutes=None, cell_minutes=None,
+              log=sys.stderr) -> str:  # fmt: skip
     """Trains every unfinished cell of ``entries``. The manifest is written
     first, so a table can be rendered from whatever finished if the command is
-    killed; no new cell starts after ``max_minutes``."""
+    killed; no new cell starts after ``max_minutes``; a cell's training ends
+    after ``cell_minutes``."""
     from awrsr_jax import data as data_lib
 
     loaded, specs = {}, []
@@ -192,7 +212,7 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
         if (ds, cfg.max_len) not in built:
             built[(ds, cfg.max_len)] = data_lib.build(seqs, cfg.max_len)[0]
         print(f"[{elapsed:5.0f} s] training {name}", file=log)
-        run_cell(cell_dir, cfg, seeds, built[(ds, cfg.max_len)], ds, sha)
+        run_cell(cell_dir, cfg, seeds, built[(ds, cfg.max_len)], ds, sha, cell_minutes)
     return path
 
 
@@ -210,6 +230,16 @@ def _pm(s, m="NDCG@5") -> str:
 def _md(header, rows) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     return out + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def _epochs(res) -> str:
+    """``"run / best, best"`` of a cell's results, and why it ended early."""
+    if res is None or "epochs_run" not in res:
+        return "–"
+    best = ", ".join(map(str, res["best_epoch"]))
+    return f"{res['epochs_run']} / {best}" + (
+        " (time limit)" if res.get("stopped") else ""
+    )
 
 
 def _load(cells):
@@ -259,31 +289,35 @@ def render_table2(info, cells):
     summary = []
     for ds, bb in dict.fromkeys((e["dataset"], e["backbone"]) for e, _, _ in rows):
         block = [
-            (e, s) for e, s, _ in rows if (e["dataset"], e["backbone"]) == (ds, bb)
+            row for row in rows if (row[0]["dataset"], row[0]["backbone"]) == (ds, bb)
         ]
-        base = next((s for e, s in block if e["mech"] == "none"), None)
+        base = next((s for e, s, _ in block if e["mech"] == "none"), None)
         pbase = PAPER_TABLE2.get((ds, bb, "none"), {})
         table = []
-        for e, s in block:
+        for e, s, r in block:
             paper = PAPER_TABLE2.get((ds, bb, e["mech"]), {})
             vs = stats.compare(s, base) if s and base and e["mech"] != "none" else {}
             imp = vs.get("improvement_pct", {})
             table.append([e["mech"], *(_pm(s, m) for m in METRICS),
                           *(_f(imp.get(m), 1, True) for m in METRICS),
                           _f(vs.get("p_t"), 3), _f(vs.get("p_wilcoxon"), 3),
-                          _f(paper.get("Recall@5")), _f(paper.get("NDCG@5"))])  # fmt: skip
+                          _f(paper.get("Recall@5")), _f(paper.get("NDCG@5")),
+                          _epochs(r)])  # fmt: skip
             summary.append({"dataset": ds, "backbone": bb, "mech": e["mech"],
                             "ours": s and {"mean": s["mean"], "sd": s["sd"]},
                             "vs_original": vs or None, "paper": paper or None,
                             "paper_improvement_pct": {m: stats.improvement(
                                 paper.get(m), pbase.get(m)) for m in METRICS}})  # fmt: skip
         head = ["mechanism", *METRICS, "Δ% R@1", "Δ% R@5", "Δ% N@5", "p (t)",
-                "p (Wilcoxon)", "paper R@5", "paper N@5"]  # fmt: skip
+                "p (Wilcoxon)", "paper R@5", "paper N@5", "epochs run / best"]  # fmt: skip
         lines += [f"## {ds} / {bb}", "", *_md(head, table), ""]
     lines.append(
         "Δ%: improvement of the seed means over Original (none); p: against "
         "Original. paper: Liu et al. 2024, Table 2, only where we could confirm "
-        "the value ('–' = not available here; never filled in by us)."
+        "the value ('–' = not available here; never filled in by us). Epochs: "
+        "run by the cell, and each seed's best validation epoch (0-based); "
+        "'time limit': the cell's training was ended by --cell_minutes before "
+        "every seed had early-stopped."
     )
     return "\n".join(lines) + "\n", summary
 
@@ -350,9 +384,11 @@ def render(results_dir, table, out) -> list[str]:
 
 def define_flags():
     flags.DEFINE_enum("table", "2", ["2", "3", "refine"], "which table")
-    flags.DEFINE_enum("budget", "gpu", list(BUDGETS), "smoke: tiny CPU pipeline run")
+    flags.DEFINE_enum("budget", "gpu", list(BUDGETS),
+                      "gpu: Table 2 at full size; cpu: SASRec on Beauty, 2 seeds; "
+                      "smoke: tiny CPU pipeline run")  # fmt: skip
     flags.DEFINE_string("datasets", None, "comma list (default: the budget's)")
-    flags.DEFINE_string("backbones", None, "default sasrec,stosa (smoke: sasrec)")
+    flags.DEFINE_string("backbones", None, "comma list (default: the budget's)")
     flags.DEFINE_string("mechs", None, "comma list (default: every mechanism)")
     flags.DEFINE_integer("seeds", None, "seeds per cell (default: the budget's)")
     flags.DEFINE_integer("epochs", None, "epoch cap (default: the budget's)")
@@ -362,6 +398,9 @@ def define_flags():
     flags.DEFINE_string("out", None, "output folder (default runs/reproduce)")
     flags.DEFINE_string("from_results", None, "only rebuild the table from this folder")
     flags.DEFINE_float("max_minutes", None, "start no new cell after this many minutes")
+    flags.DEFINE_float("cell_minutes", None,
+                       "end a cell's training after this many minutes (default: "
+                       "the budget's; its row is marked)")  # fmt: skip
 
 
 def main(argv):
@@ -371,7 +410,7 @@ def main(argv):
     try:
         if not f.from_results:
             tuned = [search.read_json(p) for p in filter(None, f.tuned.split(","))]
-            bbs = f.backbones or ("sasrec" if f.budget == "smoke" else "sasrec,stosa")
+            bbs = f.backbones or b["backbones"]
             mechs = f.mechs or b["mechs"]
             entries = table_entries(f.table, (f.datasets or b["datasets"]).split(","),
                                     bbs.split(","), f.budget, tuned,
@@ -380,7 +419,8 @@ def main(argv):
             run_table(f.table, entries, out, seeds=list(range(f.seeds or b["seeds"])),
                       epochs=f.epochs or b["epochs"], patience=f.patience or b["patience"],
                       eval_every=f.eval_every, budget=f.budget, command=command,
-                      max_minutes=f.max_minutes)  # fmt: skip
+                      max_minutes=f.max_minutes,
+                      cell_minutes=f.cell_minutes or b["cell_minutes"])  # fmt: skip
         try:
             paths = render(f.from_results or out, f.table, out)
         except ImportError as e:  # no scipy on the training machine

@@ -300,6 +300,24 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert len(figures.make_figures(tmp_path, tmp_path / "fig")) == 4
 
 
+def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
+    """A cell past its time limit stops training (test metrics at the best
+    epoch so far) and the table row says so; another cell runs to its cap."""
+    entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                      mechs=["none"])  # fmt: skip
+    kw = dict(seeds=[0], epochs=3, patience=3, budget="smoke")
+    reproduce.run_table("2", entries, str(tmp_path), cell_minutes=0, **kw)
+    (cell,) = (tmp_path / "cells").iterdir()
+    res = json.loads((cell / "results.json").read_text())
+    assert res["stopped"] == "cell_minutes" and res["epochs_run"] == 1
+    assert res["best_epoch"] == [0] and res["status"] == "ok"
+    epochs = [json.loads(x)["epoch"] for x in open(cell / "metrics.jsonl")]
+    assert epochs == [0]
+    md = open(reproduce.render(tmp_path, "2", tmp_path)[0]).read()
+    assert "| 1 / 0 (time limit) |" in md
+    assert reproduce._epochs({"epochs_run": 3, "best_epoch": [2, 1]}) == "3 / 2, 1"
+
+
 def test_bench_quick_prints_one_json_line_per_case():
     from tests.conftest import run_module
 
