@@ -129,7 +129,7 @@ def run_cell(cell_dir, cfg, seeds, data, dataset, sha, minutes=None) -> dict:
             cut.append(loop.epoch)
         return bool(cut)
 
-    with open(mpath + ".part", "w") as mf:
+    with open(mpath + ".part", "w", buffering=1) as mf:  # a line per epoch, to follow
         try:
             res = train.fit(cfg, data, seeds=seeds, after_epoch=past_limit,
                             on_epoch=lambda r: mf.write(json.dumps(r) + "\n"))  # fmt: skip
@@ -288,9 +288,14 @@ def render_table2(info, cells):
     lines = _header("Table 2: Original vs refinement mechanisms", info, rows)
     summary = []
     for ds, bb in dict.fromkeys((e["dataset"], e["backbone"]) for e, _, _ in rows):
-        block = [
-            row for row in rows if (row[0]["dataset"], row[0]["backbone"]) == (ds, bb)
-        ]
+        block = sorted(  # the paper's order, whichever command trained which cell
+            (
+                row
+                for row in rows
+                if (row[0]["dataset"], row[0]["backbone"]) == (ds, bb)
+            ),
+            key=lambda row: MECHS[bb].index(row[0]["mech"]),
+        )
         base = next((s for e, s, _ in block if e["mech"] == "none"), None)
         pbase = PAPER_TABLE2.get((ds, bb, "none"), {})
         table = []
