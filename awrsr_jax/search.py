@@ -35,7 +35,7 @@ import pathlib
 import numpy as np
 
 from awrsr_jax import data as data_lib
-from awrsr_jax.config import Config, validate
+from awrsr_jax.config import MECHS, Config, validate
 from awrsr_jax.train import HPARAMS
 
 # Section 3.1 of the paper. heads x hidden combinations that do not divide are
@@ -254,13 +254,21 @@ def load_cell(cell_dir):
     return results, ranks
 
 
+def _entry_order(e: dict) -> tuple:
+    mechs = MECHS.get(e["backbone"], ())
+    rank = mechs.index(e["mech"]) if e["mech"] in mechs else len(mechs)
+    return e["dataset"], e["backbone"], rank, e["layers"], e["refine_input"]
+
+
 def load_manifest(results_dir, table: str) -> tuple[dict, list]:
     """A reproduce table's ``table<N>.json`` and its cells, loaded:
-    ``(info, [(entry, results, ranks)])``; missing cells give ``results=None``."""
+    ``(info, [(entry, results, ranks)])``; missing cells give ``results=None``.
+    Cells come in a fixed order (dataset, backbone, mechanism in ``MECHS``
+    order, layers, refinement input), whichever command trained which."""
     with open(os.path.join(results_dir, f"table{table}.json")) as f:
         info = json.load(f)
     cells = []
-    for e in info["entries"]:
+    for e in sorted(info["entries"], key=_entry_order):
         d = os.path.join(results_dir, e["cell"])
         cells.append((e, *load_cell(d)) if cell_done(d) else (e, None, None))
     return info, cells

@@ -11,8 +11,9 @@ how many of them are refinement matrices (``layers * n * n`` per matrix), and
 the measured median seconds per training epoch of one model trained alone
 for ``--time_epochs`` epochs (the first, compiling, epoch is excluded;
 validation is not timed). ``--from_results`` instead reads Table 2's cells:
-their times are for a K-seed ensemble, so they say what the Table 2
-command paid, not what one model costs. Writes ``complexity.md`` and
+their times are for a K-seed ensemble (the median of the epochs in which
+every seed trained), so they say what the Table 2 command paid, not what one
+model costs. Writes ``complexity.md`` and
 ``complexity.json``.
 """
 
@@ -22,6 +23,7 @@ import json
 import os
 import sys
 
+import numpy as np
 from absl import app, flags
 
 from awrsr_jax import search
@@ -73,18 +75,34 @@ def measure(entries, *, epochs: int, log=sys.stderr) -> list[dict]:
     return rows
 
 
+def full_epoch_seconds(metrics_path, members: int):
+    """Median seconds of the epochs after the first in which all ``members``
+    trained (an early-stopped member skips its epochs, so later epochs are
+    cheaper and would flatter the cell); None if there is none."""
+    per_epoch = {}
+    with open(metrics_path) as f:
+        for line in f:
+            r = json.loads(line)
+            per_epoch.setdefault(r["epoch"], []).append(r.get("seconds"))
+    full = [s[0] for ep, s in per_epoch.items()
+            if ep > 0 and len(s) == members and s[0] is not None]  # fmt: skip
+    return float(np.median(full)) if full else None
+
+
 def from_results(results_dir) -> list[dict]:
     """Rows from Table 2's finished cells (K-seed ensemble timings)."""
     _, cells = search.load_manifest(results_dir, "2")
     rows = []
     for e, res, _ in cells:
         if res is not None and res["status"] == "ok":
-            c = res["config"]
+            c, members = res["config"], len(res["seeds"])
+            metrics = os.path.join(results_dir, e["cell"], "metrics.jsonl")
+            sec = full_epoch_seconds(metrics, members) or res["seconds_per_epoch"]
             rows.append(dict(dataset=e["dataset"], backbone=e["backbone"],
                              mech=e["mech"], max_len=c["max_len"], layers=c["layers"],
-                             members=len(res["seeds"]), params=res["params"],
+                             members=members, params=res["params"],
                              refine_params=res["refine_params"],
-                             seconds_per_epoch=res["seconds_per_epoch"]))  # fmt: skip
+                             seconds_per_epoch=sec))  # fmt: skip
     return rows
 
 
@@ -94,7 +112,8 @@ def markdown(rows, device: str) -> str:
         "# Complexity: parameters and seconds per epoch",
         "",
         f"Device: {device}. s/epoch: median over timed epochs (compile excluded); "
-        "'members' > 1 means an ensemble of that many seeds was timed.",
+        "'members' > 1 means an ensemble of that many seeds was timed, over the "
+        "epochs in which every member trained.",
         "",
         "| dataset | backbone | mechanism | max_len | layers | params | "
         "refinement params | params vs none | members | s/epoch | time vs none |",

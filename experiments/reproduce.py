@@ -288,14 +288,9 @@ def render_table2(info, cells):
     lines = _header("Table 2: Original vs refinement mechanisms", info, rows)
     summary = []
     for ds, bb in dict.fromkeys((e["dataset"], e["backbone"]) for e, _, _ in rows):
-        block = sorted(  # the paper's order, whichever command trained which cell
-            (
-                row
-                for row in rows
-                if (row[0]["dataset"], row[0]["backbone"]) == (ds, bb)
-            ),
-            key=lambda row: MECHS[bb].index(row[0]["mech"]),
-        )
+        block = [
+            row for row in rows if (row[0]["dataset"], row[0]["backbone"]) == (ds, bb)
+        ]
         base = next((s for e, s, _ in block if e["mech"] == "none"), None)
         pbase = PAPER_TABLE2.get((ds, bb, "none"), {})
         table = []

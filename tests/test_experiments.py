@@ -176,8 +176,11 @@ def write_fake_cells(root, table="2", specs=None):
         np.save(cell / "test_ranks.npy", ranks.astype(np.int32))
         with open(cell / "metrics.jsonl", "w") as f:
             for e in range(60):
-                for m in range(2):
-                    rec = {"epoch": e, "member": m, "loss": 1.0, "grad_norm": e + m}
+                # member 1 stops after epoch 39: later epochs cost half
+                sec = 30.0 if e == 0 else 2.0 if e < 40 else 1.0
+                for m in range(1 if e >= 40 else 2):
+                    rec = {"epoch": e, "member": m, "loss": 1.0, "grad_norm": e + m,
+                           "seconds": sec}  # fmt: skip
                     rec["valid"] = {"NDCG@5": 0.01 * e + m}
                     f.write(json.dumps(rec) + "\n")
         seq = np.arange(16) - 2
@@ -251,7 +254,11 @@ def test_figure_helpers():
 
 
 def test_make_figures_and_complexity_from_results(tmp_path):
-    write_fake_cells(tmp_path)
+    # add's cell listed first (as when another command trained it): the
+    # manifest is read back in the paper's order
+    write_fake_cells(
+        tmp_path, specs=[(m, 2, "scores", RANKS[m]) for m in ("add", "none")]
+    )
     paths = figures.make_figures(tmp_path, tmp_path / "fig", mech="add")
     assert [p.rsplit("/", 1)[1] for p in paths] == [
         "fig2_ndcg_at_n.png", "fig3_attention.png", "fig4_valid_ndcg.png",
@@ -262,7 +269,7 @@ def test_make_figures_and_complexity_from_results(tmp_path):
         ("none", 0, 2), ("add", 512, 2)]  # fmt: skip
     md = complexity.markdown(rows, "cpu")
     assert (
-        "| toy | sasrec | add | 16 | 2 | 100 | 512 | +0.0% | 2 | 0.5000 | 1.00x |" in md
+        "| toy | sasrec | add | 16 | 2 | 100 | 512 | +0.0% | 2 | 2.0000 | 1.00x |" in md
     )
 
 
