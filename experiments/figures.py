@@ -156,8 +156,10 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
             (f"B, {mech}", ref["B"], ref["seq"])]  # fmt: skip
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     for ax, (title, m, seq) in zip(axes, maps):
-        im = ax.imshow(masked_tail(m[-1, 0], seq), cmap="viridis")
-        ax.set(title=title, xlabel="key position", ylabel="query position")
+        tail = masked_tail(m[-1, 0], seq)
+        im = ax.imshow(tail, cmap="viridis")
+        ax.set(title=title, xlabel="key position", ylabel="query position",
+               xticks=range(0, len(tail), 2), yticks=range(0, len(tail), 2))  # fmt: skip
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"{key[0]} / {key[1]}: last {LAST} positions, last layer, head 0")
     fig.tight_layout()
