@@ -117,10 +117,15 @@ def test_cells_and_manifest(tmp_path):
     (cell / "results.json").write_text(json.dumps({"status": "ok"}))
     res, ranks = search.load_cell(cell)
     assert res == {"status": "ok"} and ranks.tolist() == [[1, 5], [2, 7]]
-    entries = [{"cell": f"cells/{name}"}, {"cell": "cells/missing"}]
+    key = dict(dataset="beauty", backbone="sasrec", refine_input="scores")
+    entries = [  # read back in the paper's mechanism order: none before add
+        dict(key, mech="add", layers=3, cell=f"cells/{name}"),
+        dict(key, mech="none", layers=3, cell="cells/missing"),
+    ]
     (tmp_path / "table2.json").write_text(json.dumps({"entries": entries}))
     info, cells = search.load_manifest(tmp_path, "2")
-    assert cells[0][1] == {"status": "ok"} and cells[1][1:] == (None, None)
+    assert [e["mech"] for e, _, _ in cells] == ["none", "add"]
+    assert cells[1][1] == {"status": "ok"} and cells[0][1:] == (None, None)
 
 
 def test_load_dataset_names(tmp_path):
