@@ -57,8 +57,9 @@ TUNED = {
                               lr=1e-3, batch_size=256),
 }  # fmt: skip
 SMOKE = dict(hidden=16, max_len=10, layers=1, heads=1, batch_size=32)
-# cpu: what 2 CPU cores finish in about two hours (SASRec on Beauty, 2 seeds per
-# cell, a cell's training ended after 50 minutes: its table row says so).
+# cpu: Table 2 for SASRec on Beauty, 2 seeds per cell: about 80 minutes on 2 CPU
+# cores as two commands side by side; a cell's training ends after 50 minutes
+# (the table says so).
 BUDGETS = {
     "gpu": dict(datasets="ml-1m,beauty", backbones="sasrec,stosa", seeds=5,
                 epochs=200, patience=20, mechs="", cell_minutes=None),
@@ -257,6 +258,9 @@ def _header(title, info, rows) -> list[str]:
     done = [r for _, _, r in rows if r is not None]
     hw = sorted({f"{r['device']} ({r['platform']}, jax {r['jax']})" for r in done})
     cfg = done[0]["config"] if done else {}
+    cut = [f"{e['dataset']} / {e['backbone']} / {e['mech']}, {e['layers']} layer(s), "
+           f"{e['refine_input']} ({r['epochs_run']} epochs)"
+           for e, _, r in rows if r is not None and r.get("stopped")]  # fmt: skip
     shapes = {}
     for e, _, r in rows:
         if r is not None:
@@ -280,7 +284,11 @@ def _header(title, info, rows) -> list[str]:
         "",
         *(f"- config {ds} / {bb}: {c}" for (ds, bb), c in shapes.items()),
         "",
-    ]
+    ] + ([
+        "Ended by the time limit (--cell_minutes) before every seed had "
+        f"early-stopped; test metrics at the best validation epoch so far: "
+        f"{', '.join(cut)}.", "",
+    ] if cut else [])  # fmt: skip
 
 
 def render_table2(info, cells):
@@ -409,6 +417,8 @@ def main(argv):
     out = f.out or f.from_results or os.path.join("runs", "reproduce")
     try:
         if not f.from_results:
+            if f.cell_minutes is not None and f.cell_minutes < 0:
+                raise ValueError(f"--cell_minutes={f.cell_minutes}: must be >= 0")
             tuned = [search.read_json(p) for p in filter(None, f.tuned.split(","))]
             bbs = f.backbones or b["backbones"]
             mechs = f.mechs or b["mechs"]
@@ -420,7 +430,8 @@ def main(argv):
                       epochs=f.epochs or b["epochs"], patience=f.patience or b["patience"],
                       eval_every=f.eval_every, budget=f.budget, command=command,
                       max_minutes=f.max_minutes,
-                      cell_minutes=f.cell_minutes or b["cell_minutes"])  # fmt: skip
+                      cell_minutes=b["cell_minutes"] if f.cell_minutes is None
+                      else f.cell_minutes)  # fmt: skip
         try:
             paths = render(f.from_results or out, f.table, out)
         except ImportError as e:  # no scipy on the training machine

@@ -322,6 +322,10 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     assert epochs == [0]
     md = open(reproduce.render(tmp_path, "2", tmp_path)[0]).read()
     assert "| 1 / 0 (time limit) |" in md
+    assert (
+        "early-stopped; test metrics at the best validation epoch so far: "
+        "smoke / sasrec / none, 1 layer(s), scores (1 epochs)." in md
+    )
     assert reproduce._epochs({"epochs_run": 3, "best_epoch": [2, 1]}) == "3 / 2, 1"
 
 
