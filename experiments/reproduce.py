@@ -261,12 +261,14 @@ def _header(title, info, rows) -> list[str]:
     cut = [f"{e['dataset']} / {e['backbone']} / {e['mech']}, {e['layers']} layer(s), "
            f"{e['refine_input']} ({r['epochs_run']} epochs)"
            for e, _, r in rows if r is not None and r.get("stopped")]  # fmt: skip
-    shapes = {}
+    seen = {}  # (dataset, backbone) -> key -> its values in these cells
     for e, _, r in rows:
         if r is not None:
-            c = r["config"]
-            shapes.setdefault((e["dataset"], e["backbone"]), ", ".join(
-                f"{k}={c[k]}" for k in CONFIG_KEYS))  # fmt: skip
+            block = seen.setdefault((e["dataset"], e["backbone"]), {})
+            for k in CONFIG_KEYS:
+                block.setdefault(k, {})[r["config"][k]] = None
+    shapes = {key: ", ".join(f"{k}={'/'.join(map(str, v))}" for k, v in block.items())
+              for key, block in seen.items()}  # fmt: skip
     return [
         f"# {title}",
         "",
