@@ -57,7 +57,7 @@ TUNED = {
                               lr=1e-3, batch_size=256),
 }  # fmt: skip
 SMOKE = dict(hidden=16, max_len=10, layers=1, heads=1, batch_size=32)
-# cpu: Table 2 for SASRec on Beauty, 2 seeds per cell: about 80 minutes on 2 CPU
+# cpu: Table 2 for SASRec on Beauty, 2 seeds per cell: about 45 minutes on 2 CPU
 # cores as two commands side by side; a cell's training ends after 50 minutes
 # (the table says so).
 BUDGETS = {
