@@ -345,7 +345,10 @@ def render_table3(info, cells):
         for n in depths:
             s, base = by.get(n), grid.get((ds, bb, "none"), {}).get(n)
             vs = stats.compare(s, base) if s and base and mech != "none" else {}
-            out.append(_pm(s) + stats.stars(vs.get("p_t")))
+            mark = stats.stars(vs.get("p_t"))
+            if mark and vs["improvement_pct"]["NDCG@5"] < 0:
+                mark += " (lower)"
+            out.append(_pm(s) + mark)
             summary.append({"dataset": ds, "backbone": bb, "mech": mech, "layers": n,
                             "ours": s and {"mean": s["mean"], "sd": s["sd"]},
                             "vs_original": vs or None})  # fmt: skip
@@ -353,7 +356,8 @@ def render_table3(info, cells):
     head = ["dataset", "backbone", "mechanism", *(f"{n} layer(s)" for n in depths)]
     lines += _md(head, table)
     lines += ["", "* p < 0.05, ** p < 0.01 (paired t-test against Original at the "
-              "same depth). The paper's Table 3 values are not available here."]  # fmt: skip
+              "same depth; '(lower)': significantly below Original). The paper's "
+              "Table 3 values are not available here."]  # fmt: skip
     return "\n".join(lines) + "\n", summary
 
 

@@ -222,6 +222,12 @@ def test_render_table3_and_refine(tmp_path):
     assert rows[3]["ours"]["mean"]["NDCG@5"] == pytest.approx(deeper, rel=1e-5)
     assert rows[0]["vs_original"] is None and rows[3]["vs_original"]["n"] == 6
     assert "| toy | sasrec | add | " in open(md_path).read()
+    # a mechanism that ranks every target 5 places lower is marked as a loss
+    top = np.array([[1, 1, 2, 1, 1, 3], [1, 2, 1, 1, 3, 1]])
+    write_fake_cells(tmp_path / "low", "3", [("none", 1, "scores", top),
+                                             ("value", 1, "scores", top + 5)])  # fmt: skip
+    md = open(reproduce.render(tmp_path / "low", "3", tmp_path / "low")[0]).read()
+    assert "| toy | sasrec | value | 0.0000 ± 0.0000** (lower) |" in md
     specs = [("add", 2, "scores", RANKS["none"]), ("add", 2, "probs", RANKS["add"])]
     write_fake_cells(tmp_path / "ab", "refine", specs)
     _, sum_path = reproduce.render(tmp_path / "ab", "refine", tmp_path / "ab")
