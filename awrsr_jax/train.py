@@ -366,7 +366,7 @@ class LoopState:
     best_epoch: np.ndarray
     bad: np.ndarray  # evaluations since the last improvement
     active: np.ndarray
-    seconds: list  # wall seconds of each epoch call
+    seconds: list  # wall seconds of each epoch call in which every member trained
 
     @classmethod
     def start(cls, cfg: Config, num_items: int, seeds) -> LoopState:
@@ -412,7 +412,8 @@ class FitResult:
     test: list[dict[str, float]]
     test_ranks: np.ndarray  # [M, Ue]
     best_params: dict
-    seconds_per_epoch: float
+    seconds_per_epoch: float  # median over the epochs after the first in which
+    # every member trained: a stopped member would make later epochs cheaper
 
 
 def members_of(cfg: Config, seeds=None, sweep: dict | None = None) -> list[int]:
@@ -466,7 +467,9 @@ def fit(
         active = parallel.place_members(jnp.asarray(was_active), mesh)
         loop.state, stats = epoch_fn(loop.state, hp, active, data, epoch)
         stats = jax.device_get(stats)
-        loop.seconds.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if was_active.all():  # a stopped member skips its (trimmed) epochs
+            loop.seconds.append(seconds)
         _check_finite(epoch, stats, loop.state["params"], was_active)
         records = [
             {
@@ -474,7 +477,7 @@ def fit(
                 "member": m,
                 "loss": float(stats["loss"][m]),
                 "grad_norm": float(stats["grad_norm"][m]),
-                "seconds": loop.seconds[-1],
+                "seconds": seconds,
             }
             for m in range(len(seeds))
         ]

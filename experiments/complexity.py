@@ -23,7 +23,6 @@ import json
 import os
 import sys
 
-import numpy as np
 from absl import app, flags
 
 from awrsr_jax import search
@@ -75,34 +74,18 @@ def measure(entries, *, epochs: int, log=sys.stderr) -> list[dict]:
     return rows
 
 
-def full_epoch_seconds(metrics_path, members: int):
-    """Median seconds of the epochs after the first in which all ``members``
-    trained (an early-stopped member skips its epochs, so later epochs are
-    cheaper and would flatter the cell); None if there is none."""
-    per_epoch = {}
-    with open(metrics_path) as f:
-        for line in f:
-            r = json.loads(line)
-            per_epoch.setdefault(r["epoch"], []).append(r.get("seconds"))
-    full = [s[0] for ep, s in per_epoch.items()
-            if ep > 0 and len(s) == members and s[0] is not None]  # fmt: skip
-    return float(np.median(full)) if full else None
-
-
 def from_results(results_dir) -> list[dict]:
     """Rows from Table 2's finished cells (K-seed ensemble timings)."""
     _, cells = search.load_manifest(results_dir, "2")
     rows = []
     for e, res, _ in cells:
         if res is not None and res["status"] == "ok":
-            c, members = res["config"], len(res["seeds"])
-            metrics = os.path.join(results_dir, e["cell"], "metrics.jsonl")
-            sec = full_epoch_seconds(metrics, members) or res["seconds_per_epoch"]
+            c = res["config"]
             rows.append(dict(dataset=e["dataset"], backbone=e["backbone"],
                              mech=e["mech"], max_len=c["max_len"], layers=c["layers"],
-                             members=members, params=res["params"],
+                             members=len(res["seeds"]), params=res["params"],
                              refine_params=res["refine_params"],
-                             seconds_per_epoch=sec))  # fmt: skip
+                             seconds_per_epoch=res["seconds_per_epoch"]))  # fmt: skip
     return rows
 
 

@@ -27,6 +27,23 @@ def test_early_stopping_counts_patience(tiny_data):
     assert res.epochs_run == 4
 
 
+def test_epoch_seconds_count_only_epochs_every_member_trained(tiny_data):
+    # Member 1 is stopped before the run: no epoch has every member training,
+    # so none is timed; the per-epoch records still carry their seconds.
+    cfg = tiny_config(epochs=2, patience=5)
+    loop = train.LoopState.start(cfg, tiny_data.num_items, [0, 1])
+    loop.active[1] = False
+    records = []
+    res = train.fit(cfg, tiny_data, seeds=[0, 1], loop=loop, on_epoch=records.append)
+    assert loop.seconds == [] and np.isnan(res.seconds_per_epoch)
+    assert [r["member"] for r in records] == [0, 0] and records[1]["seconds"] > 0
+    # Both training: every epoch is timed, the first (compiling) one left out.
+    loop = train.LoopState.start(cfg, tiny_data.num_items, [0, 1])
+    res = train.fit(cfg, tiny_data, seeds=[0, 1], loop=loop)
+    assert len(loop.seconds) == 2
+    assert res.seconds_per_epoch == pytest.approx(loop.seconds[1])
+
+
 def test_sampled_negatives_avoid_the_whole_history():
     hist = jnp.asarray([[1, 2, 3, 0], [4, 5, 6, 7]])
     negs = np.asarray(evaluate._sample_outside(jax.random.PRNGKey(0), hist, 9, 100))
