@@ -33,6 +33,7 @@ from awrsr_jax import search
 from awrsr_jax.config import Config
 from awrsr_jax.ops.metrics import metric_names
 
+PROGRESS_EVERY = 10  # epochs between a group's progress lines
 SMOKE_BASE = dict(hidden=16, max_len=10, layers=1, epochs=3, patience=2, batch_size=32)
 
 
@@ -64,16 +65,23 @@ def train_group(cfg, sweep, members, data, hashes, label, sha, log):
     from awrsr_jax import train  # jax work only once something is trained
 
     curves = [[] for _ in members]
+    t0 = time.perf_counter()
 
     def on_epoch(rec):
         if "valid" in rec:
             curves[rec["member"]].append(rec["valid"][train.SELECT])
 
-    t0 = time.perf_counter()
+    def progress(loop) -> bool:  # a line every PROGRESS_EVERY epochs; never stops
+        if loop.epoch % PROGRESS_EVERY == 0:
+            best = " ".join(f"{b:.4f}" for b in loop.best)
+            print(f"  epoch {loop.epoch} ({time.perf_counter() - t0:.0f} s, "
+                  f"{int(loop.active.sum())} training): best valid {train.SELECT} "
+                  f"per member {best}", file=log)  # fmt: skip
+        return False
+
     try:
-        res = train.fit(
-            cfg, data, seeds=[cfg.seed] * len(members), sweep=sweep, on_epoch=on_epoch
-        )
+        res = train.fit(cfg, data, seeds=[cfg.seed] * len(members), sweep=sweep,
+                        on_epoch=on_epoch, after_epoch=progress)  # fmt: skip
     except FloatingPointError as e:
         if len(members) == 1:
             print(f"  diverged: {e}", file=log)

@@ -7,6 +7,7 @@ end-to-end smoke runs (real training on tiny data) are marked slow.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import types
@@ -74,13 +75,17 @@ def test_parse_set_types():
 def fake_fit(calls):
     """A ``train.fit`` stand-in: valid NDCG@5 = lr; any lr > 1 diverges."""
 
-    def fit(cfg, data, *, seeds=None, sweep=None, on_epoch=None, **_):
+    def fit(cfg, data, *, seeds=None, sweep=None, on_epoch=None, after_epoch=None, **_):
         calls.append(list(sweep["lr"]))
         if any(lr > 1 for lr in sweep["lr"]):
             raise FloatingPointError("non-finite training loss at epoch 0")
         m = len(seeds)
         for i in range(m):
             on_epoch({"epoch": 0, "member": i, "valid": {"NDCG@5": sweep["lr"][i]}})
+        for epoch in (1, 10):  # the loop after epochs 0 and 9
+            loop = types.SimpleNamespace(epoch=epoch, best=np.array(sweep["lr"]),
+                                         active=np.arange(m) == 0)  # fmt: skip
+            assert after_epoch(loop) is False
         vals = [
             {n: lr for n in ("Recall@1", "Recall@5", "NDCG@5")} for lr in sweep["lr"]
         ]
@@ -97,9 +102,14 @@ def test_grid_resumes_and_records_divergence(tmp_path, monkeypatch):
     base = Config(hidden=8, max_len=6, layers=1)
     configs, _ = search.expand(base, {"lr": [0.01, 0.02, 5.0], "layers": [1, 2]})
     label, seqs = search.load_dataset("smoke")
-    table = grid.run_search(configs, seqs, label, str(tmp_path))
+    log = io.StringIO()
+    table = grid.run_search(configs, seqs, label, str(tmp_path), log=log)
     # Per shape: the ensemble diverges, then each member runs alone.
     assert len(calls) == 2 * (1 + 3)
+    # A progress line every 10 epochs of each run that trained (2 per shape).
+    progress = [ln for ln in log.getvalue().splitlines() if "best valid" in ln]
+    assert len(progress) == 4 and all(ln.startswith("  epoch 10 (") for ln in progress)
+    assert "1 training): best valid NDCG@5 per member 0.0100" in progress[0]
     recs = list(table.records.values())
     assert sorted(r["status"] for r in recs) == ["failed"] * 2 + ["ok"] * 4
     assert all(r["config"]["lr"] == 5.0 for r in recs if r["status"] == "failed")
