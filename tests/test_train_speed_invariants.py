@@ -62,6 +62,21 @@ def test_bitmask_negatives_are_uniform_outside_the_history():
         assert all(abs(c / row.size - p) <= tol for c in counts.values())
 
 
+def test_bitmask_search_unrolled_off_the_cpu_draws_the_same(monkeypatch):
+    # Off the CPU the word search is JAX's unrolled binary search: same draws.
+    rng = np.random.default_rng(0)
+    segs = [np.unique(rng.integers(1, 501, n)) for n in (3, 40, 300, 480)]
+    flat, start, end = _segments(segs)
+    bits = sampling.history_bits(flat, start, end, 500)  # 16 words per row
+    key = jax.random.PRNGKey(5)
+    on_cpu = np.asarray(sampling.sample_from_bits(key, bits, 400))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    unrolled = np.asarray(sampling.sample_from_bits(key, bits, 400))
+    np.testing.assert_array_equal(unrolled, on_cpu)
+    for row, seg in zip(on_cpu, segs):
+        assert not set(row.tolist()) & set(seg.tolist())
+
+
 def test_epoch_negatives_avoid_each_users_training_history(tiny_data):
     bits = sampling.history_bits(
         tiny_data.hist_flat, tiny_data.hist_start, tiny_data.hist_end, 30

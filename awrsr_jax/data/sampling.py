@@ -125,7 +125,13 @@ def sample_from_bits(key, bits_BxW, k: int):
     j_BxK = jax.random.randint(
         key, (bits_BxW.shape[0], k), 0, jnp.maximum(total_B, 1)[:, None]
     )
-    w_BxK = jax.vmap(lambda c, j: jnp.searchsorted(c, j, side="right"))(cum_BxW, j_BxK)
+    # A binary search over the W words: a loop of log2(W) steps on the CPU,
+    # unrolled elsewhere (JAX's advice for GPUs: a loop step there is a launch
+    # and a device-to-host check, once per training step).
+    method = "scan" if jax.default_backend() == "cpu" else "scan_unrolled"
+    w_BxK = jax.vmap(
+        lambda c, j: jnp.searchsorted(c, j, side="right", method=method)
+    )(cum_BxW, j_BxK)
     w_BxK = jnp.minimum(w_BxK, bits_BxW.shape[1] - 1).astype(jnp.int32)
     before = jnp.take_along_axis(cum_BxW, w_BxK, 1) - jnp.take_along_axis(
         jax.lax.population_count(free_BxW).astype(jnp.int32), w_BxK, 1

@@ -50,9 +50,11 @@ Params = Mapping[str, jax.Array]
 
 
 def _rs_logits(a, params, d_head):
-    r = a @ params["W_RQ"]
-    s = a @ params["W_RK"]
-    return (r @ jnp.swapaxes(s, -1, -2)) / math.sqrt(d_head)
+    # R S^T = a (W_RQ W_RK^T) a^T: with the n x n product formed once per call,
+    # each batch row costs two n^3 products instead of three (six instead of
+    # nine with the backward pass). Same function and gradients, other rounding.
+    c = params["W_RQ"] @ jnp.swapaxes(params["W_RK"], -1, -2) / math.sqrt(d_head)
+    return (a @ c) @ jnp.swapaxes(a, -1, -2)
 
 
 def simp(a, *, mask, params: Params, d_head: int):
