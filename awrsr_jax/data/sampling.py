@@ -126,8 +126,8 @@ def sample_from_bits(key, bits_BxW, k: int):
         key, (bits_BxW.shape[0], k), 0, jnp.maximum(total_B, 1)[:, None]
     )
     # A binary search over the W words: a loop of log2(W) steps on the CPU,
-    # unrolled elsewhere (JAX's advice for GPUs: a loop step there is a launch
-    # and a device-to-host check, once per training step).
+    # unrolled elsewhere (JAX's advice for GPUs, where each loop step would be
+    # its own small kernels in every training step).
     method = "scan" if jax.default_backend() == "cpu" else "scan_unrolled"
     w_BxK = jax.vmap(
         lambda c, j: jnp.searchsorted(c, j, side="right", method=method)
