@@ -18,6 +18,8 @@ Shape letters: U users, W bitmask words, B rows, K draws per row.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -129,9 +131,8 @@ def sample_from_bits(key, bits_BxW, k: int):
     # unrolled elsewhere (JAX's advice for GPUs, where each loop step would be
     # its own small kernels in every training step).
     method = "scan" if jax.default_backend() == "cpu" else "scan_unrolled"
-    w_BxK = jax.vmap(
-        lambda c, j: jnp.searchsorted(c, j, side="right", method=method)
-    )(cum_BxW, j_BxK)
+    search = functools.partial(jnp.searchsorted, side="right", method=method)
+    w_BxK = jax.vmap(search)(cum_BxW, j_BxK)
     w_BxK = jnp.minimum(w_BxK, bits_BxW.shape[1] - 1).astype(jnp.int32)
     before = jnp.take_along_axis(cum_BxW, w_BxK, 1) - jnp.take_along_axis(
         jax.lax.population_count(free_BxW).astype(jnp.int32), w_BxK, 1
