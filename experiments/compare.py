@@ -12,8 +12,10 @@ over seeds when a run has several), then the run against the baseline (the
 first run unless ``--baseline`` names a label): the mean per-user difference of
 ``--paired`` (each user's value averaged over the run's seeds), its change in
 percent, and the paired t-test and Wilcoxon p over users
-(:func:`awrsr_jax.stats.paired_test`). Every run must be on the same data (same
-``data_sha256``), so the users pair up. ``--out`` also writes the table to a
+(:func:`awrsr_jax.stats.paired_test`). Runs that share a label are the seeds of
+one row (``none=runs/none-s0 none=runs/none-s1``): they must differ only in
+their seeds. Every run must be on the same data (same ``data_sha256``), so the
+users pair up. ``--out`` also writes the table to a
 file (atomically).
 """
 
@@ -23,6 +25,7 @@ import json
 import os
 import sys
 
+import numpy as np
 from absl import app, flags
 
 from awrsr_jax import stats
@@ -71,10 +74,50 @@ def _as_list(x):
 
 
 def _ended(run: dict) -> str:
+    if "ended" in run:  # a merged row
+        return run["ended"]
     res, epochs = run["results"], run["config"]["config"]["epochs"]
     if res.get("stopped"):
         return "time limit"
     return "early stopping" if res["epochs_run"] < epochs else "epoch cap"
+
+
+def _seeds(run: dict) -> list:
+    return run["config"].get("seeds", [run["config"]["config"].get("seed")])
+
+
+def merge_seeds(runs: list[dict]) -> dict:
+    """One row of runs that share a label: their seeds, concatenated."""
+    first, label = runs[0], runs[0]["label"]
+    for r in runs[1:]:
+        a, b = first["config"], r["config"]
+        diff = [k for k in sorted(set(a["config"]) | set(b["config"]))
+                if k != "seed" and a["config"].get(k) != b["config"].get(k)]  # fmt: skip
+        diff += [k for k in ("data_sha256", "sweep") if a.get(k) != b.get(k)]
+        if diff:
+            raise SystemExit(
+                f"{first['dir']} and {r['dir']} share a label ({label}) but differ "
+                f"in {', '.join(diff)}; name them LABEL=DIR"
+            )
+    seeds = [s for r in runs for s in _seeds(r)]
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"runs that share a label ({label}) repeat seeds {seeds}")
+    res = [r["results"] for r in runs]
+
+    def cat(key):
+        return [x for r in res for x in _as_list(r[key])]
+
+    results = dict(
+        test=cat("test"),
+        valid=cat("valid"),
+        best_epoch=cat("best_epoch"),
+        epochs_run=", ".join(str(r["epochs_run"]) for r in res),
+        seconds_per_epoch=sum(r["seconds_per_epoch"] for r in res) / len(res),
+    )
+    ended = ", ".join(dict.fromkeys(_ended(r) for r in runs))
+    ranks = np.concatenate([np.atleast_2d(r["ranks"]) for r in runs])
+    return dict(first, dir="+".join(r["dir"] for r in runs), results=results,
+                ranks=ranks, ended=ended)  # fmt: skip
 
 
 def _pm(values) -> str:
@@ -84,9 +127,11 @@ def _pm(values) -> str:
 
 def table(runs: list[dict], baseline: str, metrics, paired: str) -> str:
     """The Markdown table of ``runs`` against the run labelled ``baseline``."""
-    labels = [r["label"] for r in runs]
-    if len(set(labels)) != len(labels):
-        raise SystemExit(f"two runs share a label: {labels}; name them LABEL=DIR")
+    groups = {}
+    for r in runs:
+        groups.setdefault(r["label"], []).append(r)
+    runs = [g[0] if len(g) == 1 else merge_seeds(g) for g in groups.values()]
+    labels = list(groups)
     base = next((r for r in runs if r["label"] == (baseline or labels[0])), None)
     if base is None:
         raise SystemExit(f"--baseline={baseline}: no run has that label {labels}")

@@ -10,9 +10,14 @@ import pytest
 from experiments import compare
 
 
-def _run(path, mech, ranks, tests, *, sha="abc", epochs_run=10, stopped=False):
+def _run(
+    path, mech, ranks, tests, *, sha="abc", epochs_run=10, stopped=False, seed=0, lr=1
+):
     path.mkdir()
-    config = {"config": {"mech": mech, "epochs": 200}, "data_sha256": sha}
+    config = {
+        "config": {"mech": mech, "epochs": 200, "seed": seed, "lr": lr},
+        "data_sha256": sha,
+    }
     results = {
         "test": tests if len(tests) > 1 else tests[0],
         "valid": [{"NDCG@5": 0.5}] * len(tests) if len(tests) > 1 else {"NDCG@5": 0.5},
@@ -82,3 +87,31 @@ def test_refuses_runs_on_other_data_and_names_missing_files(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(SystemExit, match="c/config.json: not found"):
         compare.load_run(str(tmp_path / "c"))
+
+
+def test_runs_sharing_a_label_are_the_seeds_of_one_row(tmp_path):
+    # Seeds trained as separate runs give the row that one 2-seed run gives
+    # (the values of test_table_values_and_paired_difference).
+    base = _run(tmp_path / "a", "none", [[1, 20, 20, 20]], [{"NDCG@5": 0.25}])
+    s0 = _run(tmp_path / "s0", "value", [[1, 1, 1, 20]], [{"NDCG@5": 0.75}])
+    s1 = _run(
+        tmp_path / "s1", "value", [[1, 1, 20, 20]], [{"NDCG@5": 0.5}], seed=1,
+        epochs_run=200, stopped=True,
+    )  # fmt: skip
+    runs = [compare.load_run(a) for a in (base, s0, s1)]
+    rows = _rows(compare.table(runs, "", ["NDCG@5"], "NDCG@5"))
+    assert len(rows) == 4
+    assert rows[3][:5] == [
+        "value",
+        "2",
+        "10, 200",
+        "3, 3",
+        "early stopping, time limit",
+    ]
+    assert rows[3][7] == "0.6250 ± 0.1768"
+    assert rows[3][8:10] == ["+0.3750", "+150.0"]
+    other = compare.load_run(
+        _run(tmp_path / "lr", "value", [[1, 1, 1, 1]], [{"NDCG@5": 1}], seed=2, lr=2)
+    )
+    with pytest.raises(SystemExit, match="share a label .value. but differ in lr"):
+        compare.table(runs + [other], "", ["NDCG@5"], "NDCG@5")
