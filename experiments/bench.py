@@ -4,7 +4,9 @@ Prints one JSON line per case, as soon as it is measured: backbone, mech, data
 shape, device, seconds per epoch (median of ``--epochs`` epochs after
 compilation), compile seconds, sequences per second, full-ranking evaluation
 seconds (one validation pass over every evaluated user), peak memory and
-ensemble size, the share of training positions that are not padding
+ensemble size (an ensemble case also prints its throughput against sequential
+one-member runs and the share of a one-member epoch that batching members
+shares, :func:`ensemble_split`), the share of training positions that are not padding
 (``fill``), and the training row-group size (``--trim_rows``: each batch's
 padding is cut, see ``train._trimmed_loss_and_grad``, and ensemble members
 train one after another; ``--trim_rows=0`` measures full-length batches and
@@ -145,6 +147,18 @@ def peak_memory() -> dict:
     return {"peak_host_rss_mib": round(rss / 1024, 1)}
 
 
+def ensemble_split(members: int, t_one: float, t_all: float) -> dict:
+    """Throughput of an ensemble epoch (``t_all`` s) against ``members`` sequential
+    one-member epochs (``t_one`` s each), and the share of ``t_one`` that the
+    members share: with ``t(M) = o + w M``, ``o = (M t_one - t_all) / (M - 1)``.
+    A ratio of 10 at 16 members needs ``o >= 24 w`` (a share of 0.96)."""
+    shared = (members * t_one - t_all) / (members - 1)
+    return {
+        "speedup_vs_sequential": round(members * t_one / t_all, 2),
+        "shared_share": round(shared / t_one, 3),
+    }
+
+
 def _timed(fn, *args):
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
@@ -245,8 +259,10 @@ def main(argv):
             base = name.split("-x")[0]
             ref = next((r for r in _done if r["case"] == base), None)
             if ref is not None:
-                rec["speedup_vs_sequential"] = round(
-                    case["members"] * ref["sec_per_epoch"] / rec["sec_per_epoch"], 2
+                rec.update(
+                    ensemble_split(
+                        case["members"], ref["sec_per_epoch"], rec["sec_per_epoch"]
+                    )
                 )
         rec["elapsed_s"] = round(time.perf_counter() - start, 1)
         _done.append(rec)

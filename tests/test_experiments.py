@@ -342,6 +342,24 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     assert reproduce._epochs({"epochs_run": 3, "best_epoch": [2, 1]}) == "3 / 2, 1"
 
 
+def test_bench_ensemble_split_hand_numbers():
+    from experiments.bench import ensemble_split
+
+    # t(M) = o + w M with o = w = 0.5: t(1) = 1, t(4) = 2.5.
+    assert ensemble_split(4, 1.0, 2.5) == {
+        "speedup_vs_sequential": 1.6,
+        "shared_share": 0.5,
+    }
+    # The H200 figures of results/gpu_2026-11-27.md: t(1) 0.0607 s, t(5) 0.204 s.
+    assert ensemble_split(5, 0.0607, 0.204) == {
+        "speedup_vs_sequential": 1.49,
+        "shared_share": 0.41,
+    }
+    # A ratio of 10 at 16 members is a share of 0.96: o = 24 w.
+    assert ensemble_split(16, 25.0, 40.0)["speedup_vs_sequential"] == 10.0
+    assert ensemble_split(16, 25.0, 40.0)["shared_share"] == 0.96
+
+
 def test_bench_quick_prints_one_json_line_per_case():
     from tests.conftest import run_module
 
