@@ -15,8 +15,7 @@ percent, and the paired t-test and Wilcoxon p over users
 (:func:`awrsr_jax.stats.paired_test`). Runs that share a label are the seeds of
 one row (``none=runs/none-s0 none=runs/none-s1``): they must differ only in
 their seeds. Every run must be on the same data (same ``data_sha256``), so the
-users pair up. ``--out`` also writes the table to a
-file (atomically).
+users pair up. ``--out`` also writes the table to a file (atomically).
 """
 
 from __future__ import annotations
