@@ -13,11 +13,11 @@ difference between the two models' parameters after the last epoch.
 
 import math
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ab_epochs import alternate
 
 from awrsr_jax import data as data_lib
 from awrsr_jax import train
@@ -45,14 +45,7 @@ for name, rs in (("two", two_products), ("three", three_products)):
     states[name] = train.init_state(cfg, data.num_items, [0])
     fns[name] = epoch_fn.lower(states[name], hp, active, data, 0).compile()
 refine._rs_logits = two_products
-times = {name: [] for name in fns}
-for epoch in range(reps + 1):
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        states[name], stats = fn(states[name], hp, active, data, epoch)
-        jax.block_until_ready(stats)
-        if epoch:
-            times[name].append(time.perf_counter() - start)
+times = alternate(fns, states, hp, active, data, reps)
 diff = max(
     float(jnp.max(jnp.abs(x - y)))
     for x, y in zip(*(jax.tree.leaves(s["params"]) for s in states.values()))

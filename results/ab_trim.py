@@ -10,11 +10,10 @@ seconds per epoch of each. Used for ``cpu_bench.md``'s ensemble rows.
 """
 
 import sys
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from ab_epochs import alternate
 
 from awrsr_jax import data as data_lib
 from awrsr_jax import train
@@ -32,14 +31,7 @@ cfg = Config(backbone=backbone, max_len=max_len, **shape)
 fns = {t: train.compiled(cfg.replace(trim_rows=t))[0] for t in (16, 0)}
 hp, active = train.hparams(cfg, members), jnp.ones(members, bool)
 states = {t: train.init_state(cfg, data.num_items, list(range(members))) for t in fns}
-times = {t: [] for t in fns}
-for epoch in range(reps + 1):
-    for t, fn in fns.items():
-        start = time.perf_counter()
-        states[t], stats = fn(states[t], hp, active, data, epoch)
-        jax.block_until_ready(stats)
-        if epoch:
-            times[t].append(time.perf_counter() - start)
+times = alternate(fns, states, hp, active, data, reps)
 for t, ts in times.items():
     print(
         f"{path.rsplit('/', 1)[-1]} L={max_len} members={members} trim_rows={t}: "
