@@ -17,8 +17,14 @@ can delete the latest step, which breaks resuming (orbax issue 526).
 
 Trust: orbax writes each step into a temporary folder and renames it when
 complete, so a save killed midway is never listed. On top of that a step is
-trusted only if its ``commit_success.txt`` markers exist, and a step that fails
-to restore is moved to ``DIR-unreadable/`` and the previous step is used.
+trusted only if its ``commit_success.txt`` markers exist, and a step whose
+metadata or arrays fail to read is moved to ``DIR-unreadable/<step>`` (or
+``<step>-1``, ``<step>-2``, ...: an earlier quarantined copy is never deleted
+or overwritten) with one ``warning:`` line on stderr, and the previous step is
+used. (Read-only stores move nothing; they warn and fall back the same way.)
+A failed tensorstore read leaves callbacks that fire on orbax's closed event
+loop and print "Event loop is closed" tracebacks; those, and only those, are
+silenced (:func:`_quiet_closed_loop_noise`), so the warning stays visible.
 Saves are synchronous: the epoch function donates the state buffers, so a
 background save must not still be reading them. Nothing here uses pickle.
 """
@@ -28,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import shutil
 import sys
 
 import jax
@@ -37,7 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import awrsr_jax
-from awrsr_jax import train
+from awrsr_jax import parallel, train
 
 ARRAYS = ("state", "best_params", "best", "best_epoch", "bad", "active")
 _COMMIT = "commit_success.txt"
@@ -45,6 +50,38 @@ _COMMIT = "commit_success.txt"
 
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model asked for, or none to read."""
+
+
+def _quiet_closed_loop_noise() -> None:
+    """Drops ``RuntimeError("Event loop is closed")`` raised in callbacks that
+    nobody can catch (``sys.unraisablehook``); everything else goes on to the
+    previous hook. Idempotent.
+
+    Orbax reads a step by running coroutines on a fresh event loop and closes
+    the loop as soon as the first tensorstore read fails; the reads still in
+    flight then complete in tensorstore's threads, their done-callbacks call
+    ``loop.call_soon_threadsafe`` on the closed loop, and each raises this
+    error, printed as a traceback. It carries no information: the failure
+    itself is raised to :meth:`Store.restore`, which reports it.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop_noise", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop_noise = True
+    sys.unraisablehook = hook
+
+
+def _reason(e: BaseException) -> str:
+    """A one-line, bounded description of an exception for a warning."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def code_version() -> str:
@@ -109,7 +146,9 @@ class Store:
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"{self.directory}: no checkpoints")
         if not read_only:
-            self._quarantine(s for s in self._listed() if not self._committed(s))
+            if parallel.is_primary():
+                self._quarantine(s for s in self._listed() if not self._committed(s))
+            parallel.barrier("awrsr-checkpoint-quarantine")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=False,
@@ -139,16 +178,42 @@ class Store:
             for sub in ((), ("state",), ("meta",))
         )
 
-    def _quarantine(self, steps) -> None:
+    @property
+    def quarantine_dir(self) -> str:
+        return f"{self.directory}-unreadable"
+
+    def quarantined(self) -> list[str]:
+        """Names under :attr:`quarantine_dir` (``<step>`` or ``<step>-<n>``):
+        steps that were moved aside as incomplete or unreadable."""
+        if not os.path.isdir(self.quarantine_dir):
+            return []
+        return sorted(os.listdir(self.quarantine_dir))
+
+    def _quarantine(self, steps, why: str = "is incomplete") -> None:
+        """Moves each step to a fresh name under :attr:`quarantine_dir`; never
+        deletes or overwrites an earlier copy."""
         for step in list(steps):
-            dest = f"{self.directory}-unreadable/{step}"
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.rmtree(dest, ignore_errors=True)
-            os.replace(os.path.join(self.directory, str(step)), dest)
+            os.makedirs(self.quarantine_dir, exist_ok=True)
+            dest, n = os.path.join(self.quarantine_dir, str(step)), 0
+            while os.path.lexists(dest):
+                n += 1
+                dest = os.path.join(self.quarantine_dir, f"{step}-{n}")
+            os.rename(os.path.join(self.directory, str(step)), dest)
+            print(f"warning: checkpoint {step} {why}; moved to {dest}", file=sys.stderr)
+
+    def _unreadable(self, step: int, e: BaseException) -> None:
+        """Reports (and, unless read-only, quarantines) a step that failed to read."""
+        why = f"in {self.directory} is unreadable ({_reason(e)})"
+        if self.read_only:
             print(
-                f"warning: checkpoint {step} is incomplete; moved to {dest}",
+                f"warning: checkpoint {step} {why}; trying an older one",
                 file=sys.stderr,
             )
+            return
+        if parallel.is_primary():
+            self._quarantine([step], why)
+        parallel.barrier(f"awrsr-checkpoint-unreadable-{step}")
+        self._mngr.reload()
 
     def steps(self) -> list[int]:
         """Trusted (committed) steps, oldest first."""
@@ -163,7 +228,7 @@ class Store:
         if loop.epoch in self.steps():
             return
         arrays = {name: getattr(loop, name) for name in ARRAYS}
-        ok = train._finite_members({"s": arrays["state"], "b": arrays["best_params"]})
+        ok = train.finite_members({"s": arrays["state"], "b": arrays["best_params"]})
         if not np.all(np.asarray(ok)):
             raise FloatingPointError(
                 f"refusing to checkpoint non-finite values at epoch {loop.epoch}"
@@ -179,11 +244,24 @@ class Store:
         self._mngr.wait_until_finished()
 
     def read_meta(self, step: int | None = None) -> dict:
-        step = self.latest() if step is None else step
-        if step is None:
-            raise CheckpointError(f"{self.directory}: no checkpoints")
+        """The JSON metadata of ``step``, or of the newest readable step (an
+        unreadable one is reported and quarantined as in :meth:`restore`)."""
         args = ocp.args.Composite(meta=ocp.args.JsonRestore())
-        return dict(self._mngr.restore(step, args=args)["meta"])
+        if step is not None:
+            return dict(self._mngr.restore(step, args=args)["meta"])
+        _quiet_closed_loop_noise()
+        errors = []
+        for step in reversed(self.steps()):
+            try:
+                return dict(self._mngr.restore(step, args=args)["meta"])
+            except Exception as e:  # unreadable: try an older step
+                errors.append(f"step {step}: {_reason(e)}")
+                self._unreadable(step, e)
+        if errors:
+            raise CheckpointError(
+                f"{self.directory}: no readable checkpoint ({errors[0]})"
+            )
+        raise CheckpointError(f"{self.directory}: no checkpoints")
 
     def restore(self, template: train.LoopState) -> tuple[train.LoopState, dict]:
         """The newest step that restores into ``template``'s shapes, with its meta.
@@ -197,13 +275,15 @@ class Store:
             lambda x: np.zeros(x.shape, x.dtype),
             {name: getattr(template, name) for name in ARRAYS},
         )
+        _quiet_closed_loop_noise()
         errors = []
         for step in reversed(self.steps()):
             try:
                 stored = self._mngr.item_metadata(step)["state"]
                 stored = getattr(stored, "tree", stored)
             except Exception as e:  # unreadable metadata: try an older step
-                errors.append(f"step {step}: {e}")
+                errors.append(f"step {step}: {_reason(e)}")
+                self._unreadable(step, e)
                 continue
             check_compatible(stored, arrays)
             try:
@@ -215,10 +295,8 @@ class Store:
                     ),
                 )
             except Exception as e:  # truncated or missing files
-                errors.append(f"step {step}: {type(e).__name__}: {e}")
-                if not self.read_only:
-                    self._quarantine([step])
-                    self._mngr.reload()
+                errors.append(f"step {step}: {_reason(e)}")
+                self._unreadable(step, e)
                 continue
             meta = dict(out["meta"])
             host = {k: np.asarray(out["state"][k]) for k in ARRAYS[2:]}
@@ -231,8 +309,9 @@ class Store:
             )
             return loop, meta
         if errors:
+            where = "" if self.read_only else f"; moved to {self.quarantine_dir}"
             raise CheckpointError(
-                f"{self.directory}: no readable checkpoint ({errors[0][:300]})"
+                f"{self.directory}: no readable checkpoint ({errors[0]}){where}"
             )
         raise CheckpointError(f"{self.directory}: no checkpoints")
 

@@ -1,22 +1,20 @@
 """One run's configuration: a frozen, hashable, JSON-round-trippable dataclass.
 
-The experiment flags map 1:1 onto these fields; :func:`validate` checks them all
-before anything is compiled and names the offending flag.
+The experiment flags map 1:1 onto these fields (their ``--help`` is
+:data:`HELP`); :func:`validate` checks them all before anything is compiled
+and names the offending flag. Backbone and mechanism lists come from
+:mod:`awrsr_jax.registry` and :data:`awrsr_jax.ops.refine.MECHANISMS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
-from awrsr_jax.ops.refine import REFINE_INPUTS, REFINERS
+from awrsr_jax import registry
+from awrsr_jax.ops.refine import REFINE_INPUTS
 
-BACKBONES = ("sasrec", "stosa")
-MECHS = {
-    "sasrec": ("none", "simp", "value", "add", "value_literal"),
-    "stosa": ("none", "simp", "value", "add", "stoc", "value_literal"),
-}
-LOSSES = {"sasrec": ("bce", "ce"), "stosa": ("bpr",)}
 PROTOCOLS = ("full", "sampled100")
 
 
@@ -51,7 +49,7 @@ class Config:
 
     @property
     def loss_type(self) -> str:
-        return self.loss or LOSSES[self.backbone][0]
+        return self.loss or registry.backbone(self.backbone).losses[0]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -68,6 +66,44 @@ class Config:
         return dataclasses.replace(self, **kw)
 
 
+HELP = {
+    "backbone": f"model: {', '.join(registry.BACKBONES)}",
+    "mech": "attention refinement: none (the original model), simp, value, add, "
+    "stoc (Gaussian backbones: stosa), value_literal (leaks the future; study only)",
+    "refine_input": "what the refinement attends to: scores (pre-softmax A) or "
+    "probs (masked softmax of A)",
+    "per_head": "one set of n x n refinement matrices per head instead of one per "
+    "layer",
+    "hidden": "embedding and hidden size D (a multiple of --heads)",
+    "max_len": "sequence length n: a user's last n items are the input; also the "
+    "size of the n x n refinement matrices",
+    "layers": "number of self-attention blocks",
+    "heads": "attention heads per block",
+    "dropout": "hidden dropout rate in [0, 1) (SASRec: also on attention weights)",
+    "attn_dropout": "STOSA only: dropout rate on the attention weights, in [0, 1)",
+    "lr": "Adam learning rate (> 0, finite)",
+    "l2": "L2 strength (>= 0). SASRec: l2 * sum(embedding^2) / 2 added to the "
+    "loss; STOSA: Adam weight decay, as in each authors' code",
+    "loss": "'' = the backbone's default (sasrec: bce with one sampled negative; "
+    "stosa: bpr + pvn); sasrec also takes ce (full softmax cross-entropy)",
+    "pvn_weight": "STOSA only: weight of the positive-vs-negative margin term",
+    "stosa_mean_passthrough": "STOSA only: reproduce the authors' code, whose "
+    "mean stream is never updated by the layers (a typo)",
+    "batch_size": "training sequences per step",
+    "trim_rows": "rows per padding-trimmed group (same gradient, less padding); "
+    "0 = off (members vmapped), -1 = auto (16 on the CPU when >= 20% of "
+    "positions pad, off on accelerators)",
+    "epochs": "epoch cap",
+    "patience": "stop a member after this many validations without a better "
+    "validation NDCG@5",
+    "eval_every": "validate every this many epochs",
+    "eval_chunk": "users scored per evaluation call (memory vs. speed)",
+    "protocol": "full (rank all items) or sampled100 (the SASRec paper's 100 "
+    "sampled negatives; labelled as such)",
+    "seed": "first training seed (member m uses seed + m)",
+}
+
+
 def validate(cfg: Config) -> Config:
     """Raises ``ValueError("--flag: reason")`` for the first bad field."""
 
@@ -75,17 +111,17 @@ def validate(cfg: Config) -> Config:
         if not ok:
             raise ValueError(f"--{flag}={getattr(cfg, flag)!r}: {why}")
 
-    need(cfg.backbone in BACKBONES, "backbone", f"choose from {BACKBONES}")
-    if cfg.mech == "stoc" and cfg.backbone != "stosa":
+    for f in dataclasses.fields(cfg):
+        if isinstance(getattr(cfg, f.name), float):
+            need(math.isfinite(getattr(cfg, f.name)), f.name, "must be finite")
+    need(cfg.backbone in registry.BACKBONES, "backbone",
+         f"choose from {tuple(registry.BACKBONES)}")  # fmt: skip
+    bb = registry.backbone(cfg.backbone)
+    if cfg.mech == "stoc" and not bb.gaussian:
         need(False, "mech", "stoc needs Gaussian embeddings; it exists for STOSA only")
-    need(cfg.mech in MECHS[cfg.backbone], "mech", f"choose from {MECHS[cfg.backbone]}")
-    need(cfg.mech in REFINERS, "mech", "unknown refinement")
+    need(cfg.mech in bb.mechs, "mech", f"choose from {bb.mechs}")
     need(cfg.refine_input in REFINE_INPUTS, "refine_input", f"one of {REFINE_INPUTS}")
-    need(
-        cfg.loss in ("",) + LOSSES[cfg.backbone],
-        "loss",
-        f"{cfg.backbone} supports {LOSSES[cfg.backbone]}",
-    )
+    need(cfg.loss in ("",) + bb.losses, "loss", f"{cfg.backbone} supports {bb.losses}")
     need(cfg.max_len >= 2, "max_len", "must be >= 2")
     need(cfg.hidden >= 1, "hidden", "must be positive")
     need(cfg.layers >= 1, "layers", "must be >= 1")

@@ -86,7 +86,7 @@ def eval_ranks(
     ``user_state``/``score_items`` (:func:`_ranks_by_item_chunks`), so memory
     is bounded by ``eval_chunk * item_chunk`` whatever the catalogue size.
 
-    Full ranking (``trim``, default on unless the mechanism is ``LEAKY``) runs
+    Full ranking (``trim``, default on unless the mechanism ``leaks``) runs
     users bucket by bucket of input length, each on its last ``bucket``
     positions only, and puts the ranks back in user order. The sampled
     protocol keeps the full length and the original chunks (its draws are
@@ -98,11 +98,10 @@ def eval_ranks(
     ic = ITEM_CHUNK if item_chunk is None else item_chunk
     by_items = cfg.protocol == "full" and data.num_items + 1 > ic
     if trim is None:
-        trim = cfg.protocol == "full" and cfg.mech not in refine.LEAKY
+        trim = cfg.protocol == "full" and not refine.MECHANISMS[cfg.mech].leaks
 
     def one_chunk(rows, length):
         seq = inp[rows][:, inp.shape[1] - length :]
-        c = rows.shape[0]
         if by_items:
             state = model.apply(params, seq, method="user_state")
 
@@ -116,35 +115,47 @@ def eval_ranks(
         if cfg.protocol == "full":
             where = candidate_mask(hist[rows], data.num_items)
             return metrics.target_rank(scores, tgt[rows], where_BxV=where)
-        k = jax.random.fold_in(key, rows[0])
-        full_hist = jnp.concatenate(
-            [data.eval_hist[rows], data.test_tgt[rows][:, None]], 1
-        )
-        negs = _sample_outside(k, full_hist, data.num_items, 100)
-        cand = jnp.concatenate([tgt[rows][:, None], negs], 1)
-        sub = jnp.take_along_axis(scores, cand, 1)
-        return metrics.target_rank(sub, jnp.zeros(c, jnp.int32))
+        return _sampled_ranks(key, scores, rows, tgt, data)
 
     def ranks_of(idx, length):
         return jax.lax.map(lambda rows: one_chunk(rows, length), idx).reshape(-1)
 
     if trim:
-        order, buckets = _split_buckets(data, split)
-        parts, start = [], 0
-        for length, count in buckets:
-            if count:
-                rows = order[start : start + count]
-                chunks = math.ceil(count / cfg.eval_chunk)
-                c = math.ceil(count / chunks)  # least padding for that many chunks
-                pick = jnp.minimum(jnp.arange(chunks * c), count - 1)
-                parts.append(ranks_of(rows[pick].reshape(chunks, c), length)[:count])
-            start += count
-        return jnp.zeros(n, jnp.int32).at[order].set(jnp.concatenate(parts))
+        return _ranks_by_bucket(ranks_of, data, split, cfg.eval_chunk)
 
     c = min(cfg.eval_chunk, n)
     chunks = math.ceil(n / c)
     idx = jnp.minimum(jnp.arange(chunks * c), n - 1).reshape(chunks, c)
     return ranks_of(idx, data.max_len)[:n]
+
+
+def _sampled_ranks(key, scores_CxV, rows_C, tgt_Ue, data: SeqData):
+    """``"sampled100"``: each target's rank among 100 items drawn outside the
+    user's whole sequence, keyed by the chunk's first user."""
+    k = jax.random.fold_in(key, rows_C[0])
+    full_hist = jnp.concatenate(
+        [data.eval_hist[rows_C], data.test_tgt[rows_C][:, None]], 1
+    )
+    negs = _sample_outside(k, full_hist, data.num_items, 100)
+    cand = jnp.concatenate([tgt_Ue[rows_C][:, None], negs], 1)
+    sub = jnp.take_along_axis(scores_CxV, cand, 1)
+    return metrics.target_rank(sub, jnp.zeros(rows_C.shape[0], jnp.int32))
+
+
+def _ranks_by_bucket(ranks_of, data: SeqData, split: str, eval_chunk: int):
+    """``ranks_of(idx, length)`` bucket by bucket of input length, each bucket's
+    users in ``eval_chunk``-sized chunks; ranks back in user order."""
+    order, buckets = _split_buckets(data, split)
+    parts, start = [], 0
+    for length, count in buckets:
+        if count:
+            rows = order[start : start + count]
+            chunks = math.ceil(count / eval_chunk)
+            c = math.ceil(count / chunks)  # least padding for that many chunks
+            pick = jnp.minimum(jnp.arange(chunks * c), count - 1)
+            parts.append(ranks_of(rows[pick].reshape(chunks, c), length)[:count])
+        start += count
+    return jnp.zeros(data.num_eval, jnp.int32).at[order].set(jnp.concatenate(parts))
 
 
 def _chunk_candidates(ids_I, tgt_C, hist_CxH, num_items):

@@ -7,25 +7,37 @@ parameters, optimizer state and the dataset are replicated, and XLA's SPMD
 partitioner inserts the gradient all-reduce. With the ``members`` axis, an
 ensemble's members are split over the devices instead (their leading axis is
 sharded; members never communicate). Results equal one device's up to the
-order of floating-point reductions.
+order of floating-point reductions, given ``trim_rows=0``: by default on the
+CPU one device trims its batches' padding and draws dropout per row group
+instead (an equally valid, different run).
 
-Several hosts: call :func:`maybe_initialize_distributed` before anything else
-touches JAX; every process then runs the same program on the same data files,
-and :func:`replicate` / :func:`shard_members` build global arrays from each
-process's identical host copy. Nothing here reads flags: ``experiments/``
-maps its flags onto these functions.
+Several hosts (processes): call :func:`maybe_initialize_distributed` before
+anything else touches JAX; every process then runs the same program on the
+same data files, and :func:`replicate` / :func:`shard_members` build global
+arrays from each process's identical host copy. On the CPU the processes'
+collectives go over TCP (gloo), so several processes on one machine form one
+runtime too (``tests/test_multihost.py`` runs two and checks that they give
+one process's metrics). Every decision that changes which collectives run
+next (stopping at a time limit or on SIGTERM) must be the same on every
+process, or one of them waits forever: :func:`any_process` agrees on one.
+Files: the processes share one workdir; the checkpoint library writes its
+part from each process, everything else is written by :func:`is_primary`
+only. Nothing here reads flags: ``experiments/`` maps its flags onto these
+functions.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 BATCH = "batch"
 MEMBERS = "members"
 AXES = (BATCH, MEMBERS)
+_CPU_COLLECTIVES = "jax_cpu_collectives_implementation"
 
 
 def maybe_initialize_distributed(
@@ -33,21 +45,64 @@ def maybe_initialize_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
 ) -> bool:
-    """Joins a multi-host run when ``coordinator`` (``host:port``) is given.
+    """Joins a multi-process run when ``coordinator`` (``host:port``) is given.
 
     Returns whether :func:`jax.distributed.initialize` was called. Must run
-    before the first JAX computation of the process.
+    before the first JAX computation of the process. On the CPU, collectives
+    across processes need an implementation: gloo (TCP) is chosen unless one
+    is set (gloo is jax's default in recent releases; older ones had none,
+    and a computation spanning two processes then failed).
     """
     if not coordinator:
         if num_processes not in (None, 1):
             raise ValueError("--num_processes > 1 needs --coordinator_address")
         return False
+    if (num_processes is None) != (process_id is None):
+        raise ValueError(
+            "--num_processes and --process_id: give both (or neither, where the "
+            "cluster sets them)"
+        )
+    if num_processes is not None:
+        if num_processes < 1:
+            raise ValueError(f"--num_processes={num_processes}: must be >= 1")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(
+                f"--process_id={process_id}: must be in [0, {num_processes})"
+            )
+    if getattr(jax.config, _CPU_COLLECTIVES, "gloo") is None:
+        jax.config.update(_CPU_COLLECTIVES, "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator,
         num_processes=num_processes,
         process_id=process_id,
     )
     return True
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's own files (process 0; always
+    true on one process)."""
+    return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """``flag`` or'ed over all processes (``flag`` itself on one process).
+
+    A collective: every process must call it at the same point. Use it for
+    host-side decisions that differ between processes (a wall-clock deadline,
+    a signal one process got first) and decide what runs next.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    flags = multihost_utils.process_allgather(np.asarray(bool(flag)))
+    return bool(np.any(flags))
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches ``barrier(name)``; nothing on one
+    process. For file work done by the primary that the others then read."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def mesh_for(axis: str = BATCH, devices=None) -> Mesh:

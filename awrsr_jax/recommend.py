@@ -12,8 +12,14 @@ orders equal scores by id, evaluation counts them against the model).
 
 Item ids are checked on the host before any jitted code runs: JAX clamps an
 out-of-range gather silently, so an unknown id would otherwise score as the
-last item. Users are scored in fixed-size chunks (one compile per history
-width rounded up to a power of two).
+last item. A string id must be ASCII digits (``[0-9]+``; ``str.isdigit``
+would also accept Arabic-Indic "٣" or "²"). Users are scored in fixed-size
+chunks (one compile per history width rounded up to a power of two).
+
+Unfinished runs: a workdir without ``results.json`` (training still running,
+stopped, or killed) is served from its newest checkpoint's best params so far;
+:attr:`Recommender.finished` is then False and the command line prints a
+``warning:`` line on stderr that says so (the answer still goes to stdout).
 
 Shape letters: B users, L max length, H history width, V = num_items + 1.
 """
@@ -24,6 +30,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +40,7 @@ from awrsr_jax import checkpoint, evaluate, models, train
 from awrsr_jax.config import Config
 
 CHUNK = 64  # users per compiled call
+_ID = re.compile(r"[0-9]+")
 
 
 class UnknownItemError(ValueError):
@@ -45,8 +53,14 @@ def check_items(history, num_items: int, where: str = "history") -> np.ndarray:
     out = []
     for x in history:
         ok = isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-        if not ok and isinstance(x, str) and x.strip().isdigit():
-            x, ok = int(x), True
+        if not ok and isinstance(x, str):
+            if _ID.fullmatch(x.strip()):
+                x, ok = int(x), True
+            elif any(c.isdigit() for c in x):
+                raise UnknownItemError(
+                    f"{where}: item {x!r} is not in the catalogue: ids are written "
+                    "in ASCII digits 0-9"
+                )
         if not ok or not 1 <= int(x) <= num_items:
             raise UnknownItemError(
                 f"{where}: item {x!r} is not in the catalogue (ids 1..{num_items})"
@@ -74,10 +88,15 @@ class Recommender:
     params: dict
     epoch: int  # epochs trained when the checkpoint was saved
     best_epoch: int
+    finished: bool = True  # the run wrote results.json (training ended)
 
     @classmethod
     def from_workdir(cls, workdir: str, member: int = 0) -> Recommender:
         """Restores ``workdir/checkpoints`` (read-only) for member ``member``."""
+        if not os.path.exists(workdir):
+            raise ValueError(f"--workdir={workdir}: no such folder")
+        if not os.path.isdir(workdir):
+            raise ValueError(f"--workdir={workdir}: is a file, not a run's folder")
         store = checkpoint.Store(os.path.join(workdir, "checkpoints"), read_only=True)
         try:
             meta = store.read_meta()
@@ -95,6 +114,17 @@ class Recommender:
             params=checkpoint.member_params(loop.best_params, member),
             epoch=loop.epoch,
             best_epoch=int(loop.best_epoch[member]),
+            finished=os.path.isfile(os.path.join(workdir, "results.json")),
+        )
+
+    def unfinished_warning(self, workdir: str) -> str | None:
+        """The ``warning:`` line for a run that has not finished, else None."""
+        if self.finished:
+            return None
+        return (
+            f"warning: {workdir} has no results.json: training has not finished; "
+            f"answering with the best params so far (checkpoint after "
+            f"{self.epoch} epochs, best validation at epoch {self.best_epoch})"
         )
 
     def recommend(self, histories, top_n: int = 10, names=None) -> list[dict]:

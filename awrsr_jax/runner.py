@@ -1,46 +1,115 @@
-"""One experiment end to end: data -> fit -> files under the workdir.
+"""The one experiment path: a config trained and evaluated into a workdir.
 
-``run`` is what ``python -m experiments.main`` calls. It writes, under
-``workdir`` and nowhere else: ``config.json`` (the config plus the dataset's
-name, path, content hash, item count and the code version), ``metrics.jsonl``
-(one JSON line per member and epoch), ``checkpoints/`` (see
-:mod:`awrsr_jax.checkpoint`), ``results.json`` (``valid`` and ``test`` objects
-keyed by metric name, the protocol, epochs and timing) and ``test_ranks.npy``.
-Files are written to a temporary name and renamed; a symlink or a name that
-would leave the workdir is refused.
+:func:`run` trains one member, K seeds, or a sweep of shape-sharing configs
+(:func:`awrsr_jax.train.fit`) and writes, under ``workdir`` and nowhere else:
 
-Resuming: running the same command with the same workdir continues from the
-newest checkpoint (saved every ``checkpoint_every`` epochs and at the end);
-``metrics.jsonl`` is rewritten from the history saved in that checkpoint, so
-lines of epochs after it are dropped and recomputed identically. A different
-config, dataset, seed list or sweep in an existing workdir is refused.
+* ``config.json``: the run's identity (config, dataset name and hash, seeds,
+  sweep) plus the data path, item count and code version;
+* ``metrics.jsonl``: one JSON line per member and epoch (loss, grad_norm,
+  seconds; ``valid`` metrics and ``eval_seconds`` where validated);
+* ``checkpoints/`` (:mod:`awrsr_jax.checkpoint`);
+* ``test_ranks.npy``: per-user test ranks, ``int[M, U]``;
+* ``attention.npz`` with ``Options(attention=True)``: A and B of every layer
+  for one test user, member 0 (:func:`awrsr_jax.analysis.attention_maps`);
+* ``results.json``, last: ``status`` (``ok`` or ``failed``), ``valid`` and
+  ``test`` metrics (a dict for one member, else a list), ``best_epoch``,
+  ``epochs_run``, ``seconds_per_epoch``, ``train_seconds``, the protocol,
+  ``seeds``, parameter counts, the device and jax version, and ``stopped``
+  when a time limit ended training.
 
-SIGTERM: the handler only sets a flag; at the next epoch boundary (an epoch is
-one compiled call, so it is our step boundary) the loop state is saved and
-:class:`Preempted` is raised; ``experiments.main`` then exits 0. A non-finite
-loss, gradient or parameter raises ``FloatingPointError`` naming the epoch; it
-is checked before the epoch can be saved or selected as best.
+Every command that trains (``experiments.main``, ``grid``, ``reproduce``,
+``complexity``, ``bench``) calls :func:`run`, so a reproduce cell or a grid
+group is an ordinary workdir that ``experiments.compare`` reads. Files are
+written atomically (:mod:`awrsr_jax.files`); a second run in the same
+workdir is refused (:class:`awrsr_jax.files.WorkdirLock`).
+
+Resuming: the same call with the same workdir continues from the newest
+checkpoint; ``metrics.jsonl`` is rewritten from the history saved in it. A
+different config, dataset, seed list or sweep is refused. A workdir that
+holds results but no readable checkpoint is never restarted from scratch
+unless ``Options(restart=True)``, which first moves the old files to
+``replaced-<k>/``.
+
+SIGTERM: the handler only sets a flag; at the next epoch boundary the loop
+state is saved and :class:`Preempted` is raised. A non-finite loss, gradient
+or parameter writes ``results.json`` with ``status: failed`` and raises
+``FloatingPointError`` naming the epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import math
 import os
 import signal
 import sys
 import threading
 import time
+from typing import Any
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
-from awrsr_jax import checkpoint, train
-from awrsr_jax import data as data_lib
+from awrsr_jax import analysis, checkpoint, files, parallel, train
 from awrsr_jax.config import Config, validate
-from awrsr_jax.ops.metrics import metric_names
+from awrsr_jax.datasets import Dataset
 
-DATASETS = ("synthetic", "file")
 IDENTITY = ("config", "dataset", "data_sha256", "seeds", "sweep")
+RESULT_FILES = ("results.json", "metrics.jsonl", "test_ranks.npy", "attention.npz")
+PROGRESS = ("bar", "lines", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How :func:`run` trains (none of this is part of the run's identity).
+
+    Attributes:
+      checkpoint_every: save the loop state every this many epochs (and at the
+        end, at a time limit and at SIGTERM).
+      keep_checkpoints: newest checkpoints kept (each holds the best params).
+      max_minutes: end training after the first epoch that finishes past this
+        many minutes (0: after one epoch); results are those of the best
+        validation epoch so far,
+        marked ``"stopped": "max_minutes"``; the same call goes on from there.
+      progress: ``bar`` (tqdm and status lines on stderr), ``lines`` (a line
+        every ``progress_every`` epochs) or ``none``.
+      mesh: a :func:`awrsr_jax.parallel.mesh_for` mesh, or None (one device).
+      attention: also write ``attention.npz``.
+      restart: train from epoch 0 in a workdir that holds results but no
+        readable checkpoint (the old files are moved to ``replaced-<k>/``).
+    """
+
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    max_minutes: float | None = None
+    progress: str = "bar"
+    progress_every: int = 10
+    mesh: Any = None
+    attention: bool = False
+    restart: bool = False
+    log: Any = None  # a text stream for progress (default sys.stderr)
+
+    def check(self) -> Options:
+        """Raises ``ValueError`` naming the flag of the first bad option."""
+        if self.checkpoint_every < 1:
+            raise ValueError(
+                f"--checkpoint_every={self.checkpoint_every}: must be >= 1"
+            )
+        if self.keep_checkpoints < 1:
+            raise ValueError(
+                f"--keep_checkpoints={self.keep_checkpoints}: must be >= 1"
+            )
+        m = self.max_minutes
+        if m is not None and not (math.isfinite(m) and m >= 0):
+            raise ValueError(f"--max_minutes={m}: must be a number >= 0")
+        if self.progress not in PROGRESS:
+            raise ValueError(f"progress={self.progress!r}: one of {PROGRESS}")
+        if self.progress_every < 1:
+            raise ValueError(f"progress_every={self.progress_every}: must be >= 1")
+        return self
 
 
 class Preempted(BaseException):  # noqa: N818 (an interruption, not an error)
@@ -68,59 +137,6 @@ def protocol_text(cfg: Config, num_items: int) -> str:
         "user history removed, ties counted against the model; "
         f"model selected on valid {train.SELECT} (patience {cfg.patience})"
     )
-
-
-def check_inputs(dataset: str, data_file: str | None) -> None:
-    """Flag checks that need no data: run before anything is loaded or compiled."""
-    if dataset not in DATASETS:
-        raise ValueError(f"--dataset={dataset!r}: choose from {DATASETS}")
-    if dataset == "file":
-        if not data_file:
-            raise ValueError("--data_file: required with --dataset=file")
-        if not os.path.isfile(data_file):
-            raise ValueError(f"--data_file={data_file}: cannot read (no such file)")
-
-
-def load_sequences(dataset: str, data_file: str | None, data_format: str = "auto"):
-    """``{user: items}`` for ``--dataset`` (``synthetic`` or ``file``)."""
-    check_inputs(dataset, data_file)
-    if dataset == "synthetic":
-        return data_lib.generate()
-    return data_lib.read_sequences(data_file, data_format)
-
-
-def output_path(workdir: str, name: str) -> str:
-    """``workdir/name`` for a file this run writes; refuses escapes and symlinks."""
-    if not name or os.path.isabs(name) or name in (".", "..") or "/" in name:
-        raise ValueError(f"refusing output name {name!r}: must be a plain file name")
-    if "\\" in name or "\0" in name:
-        raise ValueError(f"refusing output name {name!r}")
-    path = os.path.join(workdir, name)
-    if os.path.islink(path):
-        raise ValueError(f"refusing to write through the symlink {path}")
-    return path
-
-
-def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _write_lines(path: str, records) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
-
-
-def _save_npy(path: str, arr) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, np.asarray(arr), allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def read_ranks(workdir: str) -> np.ndarray:
@@ -167,202 +183,273 @@ class _TermFlag:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def results_table(res: train.FitResult, names=None) -> str:
-    names = names or metric_names()
-    rows = [f"{'split':<6} {'member':>6} " + " ".join(f"{n:>9}" for n in names)]
-    for split in ("valid", "test"):
-        for m, vals in enumerate(getattr(res, split)):
-            rows.append(
-                f"{split:<6} {m:>6} " + " ".join(f"{vals[n]:>9.4f}" for n in names)
-            )
-    return "\n".join(rows)
-
-
 def run(
     cfg: Config,
     *,
     workdir: str,
-    dataset: str = "synthetic",
-    data_file: str | None = None,
-    data_format: str = "auto",
-    sequences: dict | None = None,
+    data: Dataset,
     seeds=None,
     sweep: dict | None = None,
-    quiet: bool = False,
-    checkpoint_every: int = 1,
-    keep_checkpoints: int = 2,
-    mesh=None,
-    max_minutes: float | None = None,
+    options: Options = Options(),
 ) -> dict:
-    """Trains ``cfg`` (resuming from ``workdir`` if it holds this run); returns
-    the results. ``sequences`` passes data in memory (``dataset`` names it).
-    ``mesh`` (:func:`awrsr_jax.parallel.mesh_for`) goes to :func:`train.fit`;
-    it is not part of the run's identity, so a run may resume on another mesh.
-    ``max_minutes`` ends training after the first epoch that finishes past it
-    (checkpointed): the results are those of the best validation epoch so far,
-    marked ``"stopped": "max_minutes"``, and the same call resumes training.
+    """Trains ``cfg`` on ``data`` into ``workdir`` (resuming if it holds this
+    run) and returns what ``results.json`` holds.
 
-    Raises ``ValueError`` for bad flags, data or a foreign workdir,
-    ``FloatingPointError`` on divergence and :class:`Preempted` after SIGTERM.
+    ``seeds`` (default ``[cfg.seed]``, or one per sweep value) are trained as
+    one ensemble; ``sweep`` maps :data:`awrsr_jax.train.HPARAMS` names to one
+    value per member. Raises ``ValueError`` for bad flags, data or a foreign
+    or busy workdir (before anything is written), ``FloatingPointError`` on
+    divergence and :class:`Preempted` after SIGTERM.
     """
-    with _TermFlag() as term:
-        validate(cfg)
-        if checkpoint_every < 1:
-            raise ValueError(f"--checkpoint_every={checkpoint_every}: must be >= 1")
-        if keep_checkpoints < 1:
-            raise ValueError(f"--keep_checkpoints={keep_checkpoints}: must be >= 1")
-        if sequences is None:
-            check_inputs(dataset, data_file)
-        os.makedirs(workdir, exist_ok=True)
-        paths = {
-            n: output_path(workdir, n)
-            for n in (
-                "config.json",
-                "metrics.jsonl",
-                "results.json",
-                "test_ranks.npy",
-                "checkpoints",
-                "checkpoints-unreadable",
-            )
+    validate(cfg)
+    options.check()
+    seeds = train.members_of(cfg, seeds, sweep)
+    built = data.build(cfg.max_len)  # bad data fails here, before any file
+    identity = {
+        "config": json.loads(cfg.to_json()),
+        "dataset": data.name,
+        "data_sha256": data.sha256,
+        "seeds": seeds,
+        "sweep": sweep or {},
+    }
+    meta = identity | {
+        "data_file": data.path,
+        "num_items": built.num_items,
+        "code_version": checkpoint.code_version(),
+    }
+    os.makedirs(workdir, exist_ok=True)
+    # Several processes share the workdir: process 0 holds the lock and
+    # writes the files; every process takes part in the checkpoint saves.
+    primary = parallel.is_primary()
+    lock = files.WorkdirLock(workdir) if primary else contextlib.nullcontext()
+    with _TermFlag() as term, lock:
+        path = {
+            n: files.output_path(workdir, n) for n in (*RESULT_FILES, "config.json")
         }
-        if sequences is None:
-            sequences = load_sequences(dataset, data_file, data_format)
-        data, _ = data_lib.build(sequences, cfg.max_len)
-        identity = {
-            "config": json.loads(cfg.to_json()),
-            "dataset": dataset,
-            "data_sha256": data_lib.fingerprint(sequences),
-            "seeds": train.members_of(cfg, seeds, sweep),
-            "sweep": sweep or {},
-        }
-        meta = identity | {
-            "data_file": os.path.abspath(data_file) if data_file else None,
-            "num_items": data.num_items,
-            "code_version": checkpoint.code_version(),
-        }
-        if os.path.exists(paths["config.json"]):
+        if os.path.exists(path["config.json"]):
             try:
-                with open(paths["config.json"]) as f:
-                    old = json.load(f)
+                old = files.read_json(path["config.json"])
             except (OSError, ValueError) as e:
-                raise ValueError(f"{paths['config.json']}: unreadable ({e})") from None
+                raise ValueError(f"{path['config.json']}: unreadable ({e})") from None
             check_same_run(old, identity, workdir)
-        store = checkpoint.Store(paths["checkpoints"], keep=keep_checkpoints)
+        store = checkpoint.Store(
+            files.output_path(workdir, "checkpoints"), keep=options.keep_checkpoints
+        )
         try:
-            deadline = (
-                None if max_minutes is None else time.monotonic() + 60 * max_minutes
+            if store.latest() is None:
+                _guard_results(workdir, options.restart, store.quarantined())
+                parallel.barrier("awrsr-guard-results")
+            res, stopped, history = _train(
+                cfg, built, meta, store, workdir, term, options
             )
-            res, stopped = _train(
-                cfg, data, meta, store, paths, term, checkpoint_every, quiet, mesh,
-                deadline,
-            )  # fmt: skip
+        except FloatingPointError as e:
+            if primary:
+                files.write_json(path["results.json"], _failed(cfg, seeds, str(e)))
+            raise
         finally:
             store.close()
-    protocol = protocol_text(cfg, data.num_items)
-    single = len(res.test) == 1
-    results = {
-        "protocol": protocol,
-        "valid": res.valid[0] if single else res.valid,
-        "test": res.test[0] if single else res.test,
-        "best_epoch": res.best_epoch[0] if single else res.best_epoch,
-        "epochs_run": res.epochs_run,
-        "seconds_per_epoch": res.seconds_per_epoch,
-    }
-    if stopped:
-        results["stopped"] = "max_minutes"
-    _save_npy(paths["test_ranks.npy"], res.test_ranks)
-    write_json(paths["results.json"], results)
-    if not quiet:
-        print(f"\n{cfg.backbone} mech={cfg.mech} | protocol: {protocol}")
-        print(results_table(res))
-        if stopped:
-            print(f"stopped after --max_minutes={max_minutes}; run again to go on")
-        print(
-            f"best epoch {res.best_epoch}, {res.epochs_run} epochs run, "
-            f"{res.seconds_per_epoch:.3f} s/epoch; files in {workdir}"
-        )
+        results = _results(cfg, built, seeds, res, stopped, history)
+        if not primary:
+            return results
+        files.save_npy(path["test_ranks.npy"], res.test_ranks)
+        if options.attention:
+            maps = analysis.attention_maps(cfg, res.best_params, built)
+            with files.atomic_open(path["attention.npz"], "wb") as f:
+                np.savez(f, **maps)
+        files.write_json(path["results.json"], results)
     return results
 
 
-def _train(cfg, data, meta, store, paths, term, every, quiet, mesh, deadline):
-    """Restores or starts the loop, trains with checkpoints; returns the
-    FitResult and whether the ``deadline`` (``time.monotonic``) ended it."""
-    stopped = False
-    log = sys.stderr
-    loop, history = None, []
-    if store.latest() is not None:
-        t0 = time.perf_counter()
-        template = train.LoopState.template(cfg, data.num_items, meta["seeds"])
-        loop, saved = store.restore(template)
-        check_same_run(saved, meta, store.directory)
-        if saved.get("code_version") != meta["code_version"]:
-            print(
-                f"warning: resuming a checkpoint of code {saved.get('code_version')} "
-                f"with {meta['code_version']}; results may differ",
-                file=log,
-            )
-        history = list(saved["history"])
-        if not quiet:
-            print(
-                f"resumed at epoch {loop.epoch} from {store.directory} "
-                f"({time.perf_counter() - t0:.2f} s)",
-                file=log,
-            )
-    write_json(paths["config.json"], meta)
-    _write_lines(paths["metrics.jsonl"], history)
-    if not quiet:
+def _guard_results(workdir: str, restart: bool, quarantined: list) -> None:
+    """Refuses to start from epoch 0 over a previous run's results or its
+    unreadable checkpoints, unless ``restart``: then moves the results to
+    ``replaced-<k>/`` (never deleted; quarantined checkpoints stay where
+    they are)."""
+    found = [
+        n
+        for n in RESULT_FILES
+        if os.path.exists(p := os.path.join(workdir, n)) and os.path.getsize(p) > 0
+    ]
+    if not found and not quarantined:
+        return
+    if not restart:
+        what = ", ".join(found + ["checkpoints-unreadable/"] * bool(quarantined))
+        raise ValueError(
+            f"{workdir} holds an earlier run ({what}) but no readable checkpoint "
+            "to resume from; pass --restart to train again from epoch 0 (old "
+            "results are kept in replaced-<k>/), or use a new --workdir"
+        )
+    if not found or not parallel.is_primary():
+        return
+    k = 1
+    while os.path.exists(dest := os.path.join(workdir, f"replaced-{k}")):
+        k += 1
+    os.makedirs(dest)
+    for n in found:
+        os.replace(os.path.join(workdir, n), os.path.join(dest, n))
+    print(f"--restart: moved {', '.join(found)} to {dest}", file=sys.stderr)
+
+
+def _device() -> dict:
+    dev = jax.devices()[0]
+    return {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__}
+
+
+def _failed(cfg: Config, seeds, error: str) -> dict:
+    return {"status": "failed", "error": error, "seeds": seeds} | _device()
+
+
+def _results(cfg, built, seeds, res: train.FitResult, stopped, history) -> dict:
+    one = len(res.test) == 1
+    out = {
+        "status": "ok",
+        "protocol": protocol_text(cfg, built.num_items),
+        "seeds": seeds,
+        "valid": res.valid[0] if one else res.valid,
+        "test": res.test[0] if one else res.test,
+        "best_epoch": res.best_epoch[0] if one else res.best_epoch,
+        "epochs_run": res.epochs_run,
+        "seconds_per_epoch": res.seconds_per_epoch,
+        "train_seconds": sum(r["seconds"] for r in history if r["member"] == 0),
+        **analysis.count_params(cfg, res.best_params, len(seeds)),
+        **_device(),
+    }
+    if stopped:
+        out["stopped"] = "max_minutes"
+    return out
+
+
+def _restore(cfg, built, meta, store, log):
+    """``(loop, history)`` from the newest checkpoint, or ``(None, [])``."""
+    if store.latest() is None:
+        return None, []
+    t0 = time.perf_counter()
+    template = train.LoopState.template(cfg, built.num_items, meta["seeds"])
+    loop, saved = store.restore(template)
+    check_same_run(saved, meta, store.directory)
+    if saved.get("code_version") != meta["code_version"]:
         print(
-            f"{meta['dataset']}: {data.num_items} items, "
-            f"{data.num_train} training rows, {data.num_eval} evaluated users",
+            f"warning: resuming a checkpoint of code {saved.get('code_version')} "
+            f"with {meta['code_version']}; results may differ",
             file=log,
         )
-    bar = tqdm(
-        total=cfg.epochs,
-        initial=loop.epoch if loop else 0,
-        desc="epochs",
-        disable=quiet,
-        file=log,
-    )
-    with open(paths["metrics.jsonl"], "a") as mfile:
+    if log is not None:
+        print(
+            f"resumed at epoch {loop.epoch} from {store.directory} "
+            f"({time.perf_counter() - t0:.2f} s)",
+            file=log,
+        )
+    return loop, list(saved["history"])
+
+
+def _train(cfg, built, meta, store, workdir, term, options: Options):
+    """Restores or starts the loop and trains with checkpoints; returns the
+    FitResult, whether ``options.max_minutes`` ended it, and the history."""
+    log = None if options.progress == "none" else (options.log or sys.stderr)
+    loop, history = _restore(cfg, built, meta, store, log)
+    mpath = os.path.join(workdir, "metrics.jsonl")
+    if parallel.is_primary():
+        files.write_json(os.path.join(workdir, "config.json"), meta)
+        files.write_lines(mpath, history)
+    else:
+        mpath = os.devnull
+    if log is not None:
+        print(
+            f"{meta['dataset']}: {built.num_items} items, {built.num_train} "
+            f"training rows, {built.num_eval} evaluated users",
+            file=log,
+        )
+    t0 = time.monotonic()
+    deadline = None if options.max_minutes is None else t0 + 60 * options.max_minutes
+    report = _Progress(cfg, options, log, loop.epoch if loop else 0)
+    stopped = False
+    with open(mpath, "a") as mfile, report:
 
         def on_epoch(rec):
             history.append(rec)
             mfile.write(json.dumps(rec) + "\n")
             mfile.flush()
-            if rec["member"] == 0:
-                bar.update(1)
-                post = {"loss": f"{rec['loss']:.4f}"}
-                if "valid" in rec:
-                    post["valid NDCG@5"] = f"{rec['valid'][train.SELECT]:.4f}"
-                bar.set_postfix(post)
+            report.epoch_record(rec)
 
         def after_epoch(lp):
             nonlocal stopped
             done = lp.epoch >= cfg.epochs or not lp.active.any()
             stopped = not done and deadline is not None and time.monotonic() > deadline
-            if done or stopped or term.requested or lp.epoch % every == 0:
+            # Each process has its own clock and signals, and a save is a
+            # collective: every decision below is agreed by all processes.
+            stopped = parallel.any_process(stopped)
+            report.after_epoch(lp)
+            saved = done or stopped or lp.epoch % options.checkpoint_every == 0
+            if saved:
                 store.save(lp, meta | {"history": history})
-            if term.requested and not done:
-                raise Preempted(lp.epoch, os.path.dirname(store.directory))
+            # Checked after that save: a SIGTERM landing during it counts here.
+            if parallel.any_process(term.requested) and not done:
+                if not saved:
+                    store.save(lp, meta | {"history": history})
+                raise Preempted(lp.epoch, workdir)
             return stopped
 
         try:
             res = train.fit(
-                cfg,
-                data,
-                seeds=meta["seeds"],
-                sweep=meta["sweep"] or None,
-                loop=loop or train.LoopState.start(cfg, data.num_items, meta["seeds"]),
-                on_epoch=on_epoch,
-                after_epoch=after_epoch,
-                mesh=mesh,
-            )
+                cfg, built, seeds=meta["seeds"], sweep=meta["sweep"] or None,
+                loop=loop or train.LoopState.start(cfg, built.num_items, meta["seeds"]),
+                on_epoch=on_epoch, after_epoch=after_epoch, mesh=options.mesh,
+            )  # fmt: skip
         except FloatingPointError as e:
             last = store.latest()
             last = "none" if last is None else f"after epoch {last - 1}"
             raise FloatingPointError(
                 f"{e}; not saved (last good checkpoint: {last}, in {store.directory})"
             ) from None
-        finally:
-            bar.close()
-    return res, stopped
+    return res, stopped, history
+
+
+class _Progress:
+    """The ``progress`` option: a tqdm bar, a line every N epochs, or nothing."""
+
+    def __init__(self, cfg: Config, options: Options, log, start_epoch: int):
+        self.mode, self.every, self.log = options.progress, options.progress_every, log
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(
+            total=cfg.epochs, initial=start_epoch, desc="epochs", file=log,
+            disable=self.mode != "bar",
+        )  # fmt: skip
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def epoch_record(self, rec: dict) -> None:
+        if self.mode == "bar" and rec["member"] == 0:
+            self.bar.update(1)
+            post = {"loss": f"{rec['loss']:.4f}"}
+            if "valid" in rec:
+                post["valid NDCG@5"] = f"{rec['valid'][train.SELECT]:.4f}"
+            self.bar.set_postfix(post)
+
+    def after_epoch(self, loop: train.LoopState) -> None:
+        if self.mode == "lines" and loop.epoch % self.every == 0:
+            best = " ".join(f"{b:.4f}" for b in loop.best)
+            print(
+                f"  epoch {loop.epoch} ({time.perf_counter() - self.t0:.0f} s, "
+                f"{int(loop.active.sum())} training): best valid {train.SELECT} "
+                f"per member {best}",
+                file=self.log,
+            )
+
+
+def results_table(results: dict, names=None) -> str:
+    """Valid and test metrics of every member, one row each (for printing)."""
+    from awrsr_jax.ops.metrics import metric_names
+
+    names = names or metric_names()
+    rows = [f"{'split':<6} {'member':>6} " + " ".join(f"{n:>9}" for n in names)]
+    for split in ("valid", "test"):
+        vals = results[split]
+        for m, v in enumerate(vals if isinstance(vals, list) else [vals]):
+            rows.append(
+                f"{split:<6} {m:>6} " + " ".join(f"{v[n]:>9.4f}" for n in names)
+            )
+    return "\n".join(rows)

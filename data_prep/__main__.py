@@ -3,7 +3,8 @@
 Flags go in, one call to `data_prep.prepare` does the work, the stats beside the
 paper's Table 1 come out on stdout. A bad flag value or an unusable input ends the
 run with one line on stderr (naming the flag, or the file, line and text) and
-exit status 1, never a traceback. `--help` lists the flags.
+exit status 1, never a traceback. Existing outputs in `--out` are kept unless
+`--overwrite` is given. `--help` lists the flags.
 
 The flags live in a private `FlagValues`, not absl's global FLAGS, so importing
 this module (in tests, say) cannot collide with flags of the same name defined by
@@ -81,6 +82,12 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "url", None, "Download from this mirror (https or file://).", flag_values=FLAGS
 )
+flags.DEFINE_boolean(
+    "overwrite",
+    False,
+    "Replace this dataset's files in --out (refused by default).",
+    flag_values=FLAGS,
+)
 flags.mark_flags_as_required(["dataset", "out"], flag_values=FLAGS)
 flags.register_validator(
     "sha256",
@@ -119,8 +126,9 @@ def main(argv: list[str]) -> None:
             bad_rows=FLAGS.bad_rows,
             sha256=FLAGS.sha256,
             url=FLAGS.url,
+            overwrite=FLAGS.overwrite,
         )
-    except DataPrepError as e:
+    except (DataPrepError, OSError) as e:
         sys.exit(f"data_prep: error: {e}")
 
 

@@ -18,12 +18,12 @@ import http.client
 import os
 import pathlib
 import posixpath
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from typing import BinaryIO
 
+from awrsr_jax import files
 from data_prep.textrows import DataPrepError
 
 _CHUNK = 1 << 20
@@ -47,13 +47,6 @@ class RemoteFile:
 def default_cache_dir() -> pathlib.Path:
     base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
     return pathlib.Path(base) / "awrsr_jax" / "data_prep"
-
-
-def default_file_mode() -> int:
-    """0o666 less the umask: the mode open() would give; mkstemp gives 0o600."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def file_digests(path: pathlib.Path) -> dict[str, str]:
@@ -96,20 +89,12 @@ def fetch(
             raise DataPrepError(f"cached file {final}: {problem}; delete it and rerun")
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=final.parent, prefix=f".{remote.name}.", suffix=".part"
-    )
-    tmp = pathlib.Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _download(remote, out, final, timeout)
-        problem = check_digests(remote, file_digests(tmp))
+    with files.atomic_open(final, "wb") as out:  # renamed only once verified
+        _download(remote, out, final, timeout)
+        out.flush()
+        problem = check_digests(remote, file_digests(pathlib.Path(out.name)))
         if problem:
             raise DataPrepError(f"download of {remote.url} refused: {problem}")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final
 
 

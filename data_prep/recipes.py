@@ -1,9 +1,11 @@
 """The three datasets of the paper: where their raw files come from, how to read
 them, and `prepare`, which runs a recipe end to end.
 
-`prepare(dataset, raw=PATH or None, out=DIR, ...)` finds or downloads the raw
-file, reads it (`readers`), applies the rules (`sequences`), writes the outputs
-(`outputs`) and returns the stats that also go to DIR/stats.json.
+`prepare(dataset, raw=PATH or None, out=DIR, ...)` checks DIR first (not a
+file, writable, and no earlier outputs unless `overwrite=True`), then finds or
+downloads the raw file, reads it (`readers`), applies the rules (`sequences`),
+writes the outputs (`outputs`) and returns the stats that also go to
+DIR/stats.json.
 
 Sources and their checksums:
 - ml-1m: https://files.grouplens.org/datasets/movielens/ml-1m.zip, MD5 pinned from
@@ -167,24 +169,56 @@ def prepare(
     bad_rows="error",
     sha256=None,
     url=None,
+    overwrite=False,
     echo=print,
 ) -> dict:
-    """Runs the recipe for `dataset`; writes DIR files and returns the stats."""
+    """Runs the recipe for `dataset`; writes DIR files and returns the stats.
+
+    Refuses (before reading anything) an `out` that already holds this
+    dataset's outputs, unless `overwrite`."""
     if dataset not in RECIPES:
         raise DataPrepError(f"dataset must be one of {tuple(RECIPES)}, not {dataset!r}")
     recipe = RECIPES[dataset]
+    outputs.check_out(pathlib.Path(out), dataset, overwrite=overwrite)
     rules = sequences.Rules(filter or recipe.default_filter, k, duplicates, unrated)
     cache_dir = pathlib.Path(cache_dir) if cache_dir else fetch.default_cache_dir()
     path, verified = _obtain(recipe, raw, cache_dir, sha256, url)
     path = _resolve(recipe, path, rules)
     source_digests = fetch.file_digests(path)
-    remote = recipe.remote
-    if verified is None and remote and remote.pinned and path.name == remote.name:
-        verified = fetch.check_digests(recipe.remote, source_digests) is None
-        if not verified:
-            echo(f"warning: {path} does not match the published checksum")
+    verified = _check_local(recipe, path, source_digests, verified, echo)
     rows = _read(recipe, path, rules, bad_rows)
     seqs = sequences.build(rows, rules)
+    source = {
+        **rows.source,
+        "file_sha256": source_digests["sha256"],
+        "file_md5": source_digests["md5"],
+        "checksum_verified": verified,
+    }
+    stats = _stats(dataset, recipe, rules, bad_rows, rows, seqs, source)
+    if dataset == "anime":
+        stats["unrated_rows_in_input"] = int(rows.unrated.sum())
+        stats["catalogue"] = _catalogue(path, rows)
+    stats = outputs.write_all(pathlib.Path(out), dataset, seqs, stats)
+    echo(outputs.table1(stats))
+    return stats
+
+
+def _check_local(recipe, path, source_digests, verified, echo):
+    """``verified``, or for a local copy of a pinned file (``verified`` None)
+    whether it matches the published checksum; a mismatch is warned about,
+    not refused."""
+    remote = recipe.remote
+    if verified is None and remote and remote.pinned and path.name == remote.name:
+        verified = fetch.check_digests(remote, source_digests) is None
+        if not verified:
+            echo(f"warning: {path} does not match the published checksum")
+    return verified
+
+
+def _stats(dataset, recipe, rules, bad_rows, rows, seqs, source) -> dict:
+    """The stats of the built sequences: counts, the rules that made them,
+    ``source`` and the paper's Table 1; checks that every row read is
+    accounted for."""
     lengths = seqs.offsets[1:] - seqs.offsets[:-1]
     kept = int(lengths.sum())
     rows_count = {
@@ -195,7 +229,7 @@ def prepare(
     }
     if rows.rows_read != kept + sum(seqs.filtered.values()) + rows.log.rejected:
         raise AssertionError(f"row accounting broken: {rows_count}")
-    stats = {
+    return {
         "dataset": dataset,
         "users": seqs.num_users,
         "items": len(seqs.item_ids),
@@ -213,17 +247,6 @@ def prepare(
             if rows.timestamp is not None
             else "file order: the input has no timestamps"
         ),
-        "source": {
-            **rows.source,
-            "file_sha256": source_digests["sha256"],
-            "file_md5": source_digests["md5"],
-            "checksum_verified": verified,
-        },
+        "source": source,
         "paper_table1": recipe.paper,
     }
-    if dataset == "anime":
-        stats["unrated_rows_in_input"] = int(rows.unrated.sum())
-        stats["catalogue"] = _catalogue(path, rows)
-    stats = outputs.write_all(pathlib.Path(out), dataset, seqs, stats)
-    echo(outputs.table1(stats))
-    return stats

@@ -17,6 +17,9 @@ Stated rules for odd files:
 - Other formats (CSV exports): a leading byte-order mark is stripped and CRLF is
   folded to LF, both reported in the stats; a last line without a newline is
   parsed like any other and reported.
+- Any format: a file whose first line ends in a lone CR (classic Mac OS line
+  ends, or CR and LF mixed) is refused as a whole, naming the file: read as LF
+  text it would be one huge line. A lone CR further down is a malformed row.
 
 `iter_int_rows` tries a vectorised parse of each block (byte checks, then the
 pandas C parser) and falls back to the line-by-line parser, which is the
@@ -100,6 +103,22 @@ class LineSource:
         self.sha256 = hashlib.sha256()
         self.bom, self.crlf_lines, self.final_newline = False, 0, True
         self.rows_read = 0
+        self._line_ends_checked = False
+
+    def _check_line_ends(self, buf: bytes, eof: bool) -> None:
+        """Refuses a first line that ends in a lone CR (see the module docstring)."""
+        nl = buf.find(b"\n")
+        head = buf if nl < 0 else buf[:nl]
+        cr = head.find(b"\r")
+        if cr >= 0 and (cr < len(head) - 1 or (nl < 0 and eof)):
+            raise DataPrepError(
+                "CR line ends (classic Mac OS), or CR and LF mixed: convert the "
+                "file to LF line ends (e.g. tr '\\r' '\\n' < IN > OUT)",
+                path=self.path,
+                line=1,
+                text=show(head[:cr]),
+            )
+        self._line_ends_checked = nl >= 0 or eof
 
     def _fold(self, data: bytes) -> bytes:
         if not self.strict and b"\r" in data:
@@ -135,6 +154,8 @@ class LineSource:
                     self.bom, chunk = True, chunk[len(BOM) :]
                 started = bool(chunk)
             buf = carry + chunk
+            if not self._line_ends_checked:
+                self._check_line_ends(buf, eof)
             if eof:
                 buf = self._fold(buf)
                 if buf and self._header is not None:

@@ -1,14 +1,17 @@
 """Speed benchmark: ``python -m experiments.bench [--suite=cpu|gpu] [--quick]``.
 
-Prints one JSON line per case, as soon as it is measured: backbone, mech, data
-shape, device, seconds per epoch (median of ``--epochs`` epochs after
-compilation), compile seconds, sequences per second, full-ranking evaluation
-seconds (one validation pass over every evaluated user), peak memory and
+Each case trains through the one experiment path (:func:`awrsr_jax.runner.run`,
+in a temporary workdir) and is timed from its ``metrics.jsonl``. Prints one
+JSON line per case, as soon as it is measured: backbone, mech, data shape,
+device, seconds per epoch (median of ``--epochs`` epochs after the first,
+compiling one; validation excluded), compile seconds (the first epoch's extra
+time), sequences per second, full-ranking evaluation seconds (the median
+validation pass over every evaluated user, after the first), peak memory and
 ensemble size (an ensemble case also prints its throughput against sequential
 one-member runs and the share of a one-member epoch that batching members
 shares, :func:`ensemble_split`), the share of training positions that are not padding
 (``fill``), and the training row-group size (``--trim_rows``: each batch's
-padding is cut, see ``train._trimmed_loss_and_grad``, and ensemble members
+padding is cut, see :mod:`awrsr_jax.train.trim`, and ensemble members
 train one after another; ``--trim_rows=0`` measures full-length batches and
 vmapped members). Data: ``$AWRSR_DATA_DIR`` or ``<repo>/../shared/data`` files when present (ML-1M for
 SASRec, STOSA's 5-core Beauty for STOSA), otherwise random sequences of the
@@ -22,7 +25,7 @@ minute budget (``--budget_s``; cases that would start after it print a skip
 line). ``--quick``: tiny synthetic shapes, for CI. Needs only jax, flax,
 optax, numpy.
 
-Lead's GPU command::
+GPU command::
 
     PYTHONUNBUFFERED=1 python -m experiments.bench --suite=gpu --budget_s=220
 """
@@ -34,17 +37,16 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
-from awrsr_jax import data as data_lib
-from awrsr_jax import train
+from awrsr_jax import datasets, registry, runner, train
 from awrsr_jax.config import Config
-from awrsr_jax.search import SHARED_DATA
+from awrsr_jax.datasets import SHARED_DATA
 
 flags.DEFINE_enum("suite", "cpu", ["cpu", "gpu"], "which cases to run")
 flags.DEFINE_bool("quick", False, "tiny synthetic shapes (CI smoke run)")
@@ -68,8 +70,13 @@ DATASETS = {
     "beauty": ("Beauty_5core_stosa.txt", 22363, 12101, 8.88),
     "tiny": (None, 300, 200, 20.0),
 }
-SASREC = dict(backbone="sasrec", hidden=50, layers=2, heads=1, batch_size=128)
-STOSA = dict(backbone="stosa", hidden=64, layers=1, heads=4, batch_size=256)
+_SIZES = ("hidden", "layers", "heads", "batch_size")  # of the reference configs
+SASREC = dict(
+    backbone="sasrec", **{k: registry.BACKBONES["sasrec"].reference[k] for k in _SIZES}
+)
+STOSA = dict(
+    backbone="stosa", **{k: registry.BACKBONES["stosa"].reference[k] for k in _SIZES}
+)
 
 
 def cases(suite: str, quick: bool) -> list[dict]:
@@ -125,18 +132,18 @@ def cases(suite: str, quick: bool) -> list[dict]:
     return out
 
 
-def load(name: str) -> tuple[dict, str]:
-    """``{user: items}`` of a benchmark dataset, or same-shape random data."""
+def load(name: str) -> tuple[datasets.Dataset, str]:
+    """A benchmark dataset, or random data of the same shape."""
     file, users, items, mean_len = DATASETS[name]
     if file and (DATA_DIR / file).is_file():
-        return data_lib.read_sequences(DATA_DIR / file), "file"
+        return datasets.load(name), "file"
     rng = np.random.default_rng(0)
     # Geometric-like lengths with the file's mean, at least 5 (5-core style).
     lens = np.minimum(5 + rng.geometric(1 / max(mean_len - 4, 1.0), users), items)
     seqs = {
         u + 1: (rng.permutation(items)[:n] + 1).tolist() for u, n in enumerate(lens)
     }
-    return seqs, "synthetic"
+    return datasets.Dataset(f"{name}-shaped", seqs), "synthetic"
 
 
 def peak_memory() -> dict:
@@ -159,73 +166,73 @@ def ensemble_split(members: int, t_one: float, t_all: float) -> dict:
     }
 
 
-def _timed(fn, *args):
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t0
+def _steady(times: list[float]) -> tuple[float, float]:
+    """(median of the calls after the first, first minus that): the steady
+    time and the compile time the first call paid on top."""
+    sec = float(np.median(times[1:])) if len(times) > 1 else float("nan")
+    return sec, times[0] - sec
 
 
 def run_case(
     case: dict, data, source: str, epochs: int, eval_chunk: int, trim_rows=None
 ) -> dict:
+    """Trains the case for ``1 + epochs`` epochs through the one experiment path
+    (a temporary workdir) and reads its timings from ``metrics.jsonl``: epoch
+    seconds exclude validation, which is timed separately."""
     cfg = Config(**case["cfg"])
     if trim_rows is not None:
         cfg = cfg.replace(trim_rows=trim_rows)
-    cfg = cfg.replace(trim_rows=train.trim_rows(cfg, data))
-    v = data.num_items + 1
-    chunk = eval_chunk or max(256, (1 << 24) // v)
-    cfg = cfg.replace(eval_chunk=min(chunk, data.num_eval))
+    built = data.build(cfg.max_len)
+    cfg = cfg.replace(trim_rows=train.trim_rows(cfg, built))
+    chunk = eval_chunk or max(256, (1 << 24) // (built.num_items + 1))
+    cfg = cfg.replace(
+        eval_chunk=min(chunk, built.num_eval),
+        epochs=1 + epochs,
+        patience=2 + epochs,
+        eval_every=1 if case["eval"] else 1 + epochs,
+    )
     m = case["members"]
-    epoch_fn, eval_fn = train.compiled(cfg)
-    state = train.init_state(cfg, data.num_items, list(range(m)))
-    hp, active = train.hparams(cfg, m), jnp.ones(m, bool)
-    t0 = time.perf_counter()
-    epoch_c = epoch_fn.lower(state, hp, active, data, 0).compile()
-    compile_s = time.perf_counter() - t0
-    (state, _), _ = _timed(epoch_c, state, hp, active, data, 0)  # warm-up
-    times = []
-    for e in range(1, epochs + 1):
-        (state, stats), dt = _timed(epoch_c, state, hp, active, data, e)
-        times.append(dt)
-    sec = float(np.median(times))
+    options = runner.Options(progress="none", checkpoint_every=1 + epochs)
+    with tempfile.TemporaryDirectory() as workdir:
+        runner.run(cfg, workdir=workdir, data=data, seeds=list(range(m)),
+                   options=options)  # fmt: skip
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            recs = [r for r in map(json.loads, f) if r["member"] == 0]
+    sec, compile_s = _steady([r["seconds"] for r in recs])
     rec = {
         "case": case["name"],
         "backbone": cfg.backbone,
         "mech": cfg.mech,
         "data": source,
-        "users": data.num_train,
-        "items": data.num_items,
+        "users": built.num_train,
+        "items": built.num_items,
         "max_len": cfg.max_len,
         "hidden": cfg.hidden,
         "layers": cfg.layers,
         "heads": cfg.heads,
         "batch": cfg.batch_size,
-        "fill": round(train.fill(data), 3),
+        "fill": round(train.fill(built), 3),
         "trim_rows": cfg.trim_rows,
         "ensemble": m,
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         "sec_per_epoch": round(sec, 5),
-        "epoch_times": [round(t, 5) for t in times],
+        "epoch_times": [round(r["seconds"], 5) for r in recs[1:]],
         "compile_s": round(compile_s, 2),
-        "seq_per_s": round(m * data.num_train / sec, 1),
-        "loss": float(np.mean(stats["loss"])),
+        "seq_per_s": round(m * built.num_train / sec, 1),
+        "loss": recs[-1]["loss"],
     }
-    if case["eval"]:
-        key = jax.random.PRNGKey(0)
-        t0 = time.perf_counter()
-        eval_c = eval_fn.lower(state["params"], data, "valid", key).compile()
-        rec["eval_compile_s"] = round(time.perf_counter() - t0, 2)
-        _timed(eval_c, state["params"], data, key)
-        evals = [_timed(eval_c, state["params"], data, key)[1] for _ in range(2)]
-        rec["eval_s"] = round(float(np.median(evals)), 5)
-        rec["eval_users"] = data.num_eval
-        rec["eval_chunk"] = cfg.eval_chunk
+    evals = [r["eval_seconds"] for r in recs if "eval_seconds" in r]
+    if case["eval"] and len(evals) > 1:
+        eval_s, eval_compile_s = _steady(evals)
+        rec.update(eval_s=round(eval_s, 5), eval_compile_s=round(eval_compile_s, 2),
+                   eval_users=built.num_eval, eval_chunk=cfg.eval_chunk)  # fmt: skip
     rec.update(peak_memory())
     return rec
 
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     start = time.perf_counter()
     has_stosa = importlib.util.find_spec("awrsr_jax.models.stosa") is not None
     wanted = {s for s in FLAGS.only.split(",") if s}
@@ -248,11 +255,9 @@ def main(argv):
                 )
             )
             continue
-        key = (case["dataset"], case["cfg"]["max_len"])
-        if key not in loaded:
-            seqs, source = load(case["dataset"])
-            loaded[key] = (data_lib.build(seqs, key[1])[0], source)
-        data, source = loaded[key]
+        if case["dataset"] not in loaded:
+            loaded[case["dataset"]] = load(case["dataset"])
+        data, source = loaded[case["dataset"]]
         epochs = 1 if FLAGS.quick else FLAGS.epochs
         rec = run_case(case, data, source, epochs, FLAGS.eval_chunk, FLAGS.trim_rows)
         if case["members"] > 1:

@@ -10,9 +10,13 @@ Each argument is a workdir, or ``LABEL=WORKDIR`` (default label: the run's
 the run, seconds per epoch, validation NDCG@5 and the test metrics (mean ± sd
 over seeds when a run has several), then the run against the baseline (the
 first run unless ``--baseline`` names a label): the mean per-user difference of
-``--paired`` (each user's value averaged over the run's seeds), its change in
-percent, and the paired t-test and Wilcoxon p over users
-(:func:`awrsr_jax.stats.paired_test`). Runs that share a label are the seeds of
+``--paired`` (each user's value averaged over the run's seeds) and its change
+in percent; ``p seeds``, a paired t-test over the seeds both rows share
+(:func:`awrsr_jax.stats.seed_paired_test`; seed s of both runs shares data
+order and negatives), the only test that says whether a mechanism helps (it
+needs at least 2 shared seeds); and, for reference, the paired t-test and
+Wilcoxon p over users (:func:`awrsr_jax.stats.paired_test`), which are
+conditional on the trained models. Runs that share a label are the seeds of
 one row (``none=runs/none-s0 none=runs/none-s1``): they must differ only in
 their seeds. Every run must be on the same data (same ``data_sha256``), so the
 users pair up. ``--out`` also writes the table to a file (atomically).
@@ -27,9 +31,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from awrsr_jax import stats
-from awrsr_jax.runner import read_ranks
-from awrsr_jax.search import atomic_write
+from awrsr_jax import files, results, stats
+from awrsr_jax.results import as_list
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", "", "label of the run the others are tested against")
@@ -38,38 +41,24 @@ flags.DEFINE_string("paired", "NDCG@5", "metric of the paired tests over users")
 flags.DEFINE_string("out", "", "also write the Markdown table to this file")
 
 
-def _read_json(path: str) -> dict:
+def load_run(arg: str) -> dict:
+    """``{label, dir, config, results, ranks}`` of ``WORKDIR`` or ``LABEL=WORKDIR``
+    (:func:`awrsr_jax.results.read_run`; per-member values as lists)."""
+    label, _, path = arg.rpartition("=")
+    for name in ("config.json", "results.json", "test_ranks.npy"):
+        if not os.path.exists(os.path.join(path, name)):
+            raise SystemExit(
+                f"{os.path.join(path, name)}: not found (not a finished run?)"
+            )
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise SystemExit(
-            f"{path}: not found (not a finished experiments.main run?)"
-        ) from None
+        run = results.read_run(path)
     except json.JSONDecodeError as e:
         raise SystemExit(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-
-
-def load_run(arg: str) -> dict:
-    """``{label, dir, config, results, ranks}`` of ``WORKDIR`` or ``LABEL=WORKDIR``."""
-    label, _, path = arg.rpartition("=")
-    config = _read_json(os.path.join(path, "config.json"))
-    results = _read_json(os.path.join(path, "results.json"))
-    try:
-        ranks = read_ranks(path)  # [seeds, users] or [users]: stats.per_user takes both
     except (OSError, ValueError) as e:
-        raise SystemExit(f"{os.path.join(path, 'test_ranks.npy')}: {e}") from None
-    return dict(
-        label=label or config["config"]["mech"],
-        dir=path,
-        config=config,
-        results=results,
-        ranks=ranks,
-    )
-
-
-def _as_list(x):
-    return x if isinstance(x, list) else [x]
+        raise SystemExit(f"{path}: {e}") from None
+    if run["ranks"] is None:
+        raise SystemExit(f"{path}: the run failed ({run['results'].get('error')})")
+    return dict(run, label=label or run["config"]["config"]["mech"])
 
 
 def _ended(run: dict) -> str:
@@ -104,7 +93,7 @@ def merge_seeds(runs: list[dict]) -> dict:
     res = [r["results"] for r in runs]
 
     def cat(key):
-        return [x for r in res for x in _as_list(r[key])]
+        return [x for r in res for x in as_list(r[key])]
 
     results = dict(
         test=cat("test"),
@@ -116,7 +105,8 @@ def merge_seeds(runs: list[dict]) -> dict:
     ended = ", ".join(dict.fromkeys(_ended(r) for r in runs))
     ranks = np.concatenate([np.atleast_2d(r["ranks"]) for r in runs])
     return dict(first, dir="+".join(r["dir"] for r in runs), results=results,
-                ranks=ranks, ended=ended)  # fmt: skip
+                ranks=ranks, ended=ended,
+                config=dict(first["config"], seeds=seeds))  # fmt: skip
 
 
 def _pm(values) -> str:
@@ -143,17 +133,17 @@ def table(runs: list[dict], baseline: str, metrics, paired: str) -> str:
     base_user = stats.per_user(base["ranks"], paired)
     head = ["run", "seeds", "epochs run", "best epoch", "ended by", "s/epoch",
             "valid NDCG@5", *(f"test {m}" for m in metrics),
-            f"Δ {paired}", "Δ%", "p (t)", "p (Wilcoxon)"]  # fmt: skip
+            f"Δ {paired}", "Δ%", "p seeds", "p users (t)", "p users (Wilcoxon)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in runs:
         res = r["results"]
-        tests, valid = _as_list(res["test"]), _as_list(res["valid"])
+        tests, valid = as_list(res["test"]), as_list(res["valid"])
         row = [r["label"], len(tests), res["epochs_run"],
-               ", ".join(map(str, _as_list(res["best_epoch"]))), _ended(r),
+               ", ".join(map(str, as_list(res["best_epoch"]))), _ended(r),
                f"{res['seconds_per_epoch']:.1f}", _pm([v["NDCG@5"] for v in valid]),
                *(_pm([t[m] for t in tests]) for m in metrics)]  # fmt: skip
         if r is base:
-            row += ["(baseline)", "", "", ""]
+            row += ["(baseline)", "", "", "", ""]
         else:
             user = stats.per_user(r["ranks"], paired)
             if user.shape != base_user.shape:
@@ -163,9 +153,23 @@ def table(runs: list[dict], baseline: str, metrics, paired: str) -> str:
             pt = stats.paired_test(user, base_user)
             pct = stats.improvement(float(user.mean()), float(base_user.mean()))
             row += [f"{pt.mean_diff:+.4f}", "–" if pct is None else f"{pct:+.1f}",
-                    f"{pt.p_t:.2g}", f"{pt.p_wilcoxon:.2g}"]  # fmt: skip
+                    _seed_p(r, base, paired), f"{pt.p_t:.2g}",
+                    f"{pt.p_wilcoxon:.2g}"]  # fmt: skip
         lines.append("| " + " | ".join(map(str, row)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _seed_p(run: dict, base: dict, metric: str) -> str:
+    """The seed-level paired p over the seeds both runs have ('–' under 2)."""
+    shared = [s for s in _seeds(run) if s in _seeds(base)]
+    if len(shared) < 2:
+        return "–"
+
+    def values(r):
+        by_seed = dict(zip(_seeds(r), stats.per_seed(r["ranks"], metric)))
+        return [by_seed[s] for s in shared]
+
+    return f"{stats.seed_paired_test(values(run), values(base)).p:.2g}"
 
 
 def main(argv):
@@ -176,7 +180,7 @@ def main(argv):
     )
     sys.stdout.write(md)
     if FLAGS.out:
-        atomic_write(FLAGS.out, md)
+        files.write_text(FLAGS.out, md)
         print(f"wrote {FLAGS.out}", file=sys.stderr)
 
 

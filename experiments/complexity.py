@@ -4,83 +4,61 @@
     python -m experiments.complexity --from_results=runs/reproduce --out=results
     python -m experiments.complexity --budget=smoke
 
-For every dataset x backbone x mechanism at the tuned config of
-``experiments.reproduce`` (its ``TUNED`` max length and sizes): the number of
-parameters (from ``jax.eval_shape`` of the initialiser: nothing is allocated),
-how many of them are refinement matrices (``layers * n * n`` per matrix), and
-the measured median seconds per training epoch of one model trained alone
-for ``--time_epochs`` epochs (the first, compiling, epoch is excluded;
+For every dataset x backbone x mechanism at the config ``experiments.reproduce``
+starts from (the backbone's registry configuration for the dataset): the
+number of parameters, how many of them are refinement matrices (``layers * n
+* n`` per matrix), and the median seconds per training epoch of one model
+trained alone for ``--time_epochs`` epochs through the one experiment path
+(workdirs under ``<out>/timing/``; the first, compiling, epoch is excluded;
 validation is not timed). ``--from_results`` instead reads Table 2's cells:
 their times are for a K-seed ensemble (the median of the epochs in which
 every seed trained), so they say what the Table 2 command paid, not what one
-model costs. Writes ``complexity.md`` and
-``complexity.json``.
+model costs. Writes ``complexity.md`` and ``complexity.json``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
-from awrsr_jax import search
-
-
-def count_params(cfg, params, members: int = 1) -> dict:
-    """Total and refinement parameter counts of one member of ``params``
-    (a variables dict whose leaves may carry a leading member axis)."""
-    from flax import traverse_util
-
-    from awrsr_jax.ops import refine
-
-    flat = traverse_util.flatten_dict(params["params"])
-    names = set(refine.param_names(cfg.mech))
-    total = sum(v.size for v in flat.values()) // members
-    ref = sum(v.size for k, v in flat.items() if k[-1] in names) // members
-    return {"params": int(total), "refine_params": int(ref)}
+from awrsr_jax import datasets, files, results, runner
+from experiments.reproduce import BUDGETS, table_entries
 
 
-def param_shapes(cfg, num_items: int) -> dict:
-    """Counts from abstract shapes (no parameters are allocated)."""
-    import jax
+def measure(entries, *, epochs: int, out: str, log=sys.stderr) -> list[dict]:
+    """One row per ``(dataset, cfg)``: parameter counts and seconds per epoch,
+    from a run of one model for ``epochs`` epochs (no early stopping) in the
+    workdir ``<out>/timing/<cell name>`` of the one experiment path."""
+    from experiments.reproduce import cell_name
 
-    from awrsr_jax import train
-
-    state = jax.eval_shape(lambda: train.init_member(cfg, num_items, 0))
-    return count_params(cfg, state["params"])
-
-
-def measure(entries, *, epochs: int, log=sys.stderr) -> list[dict]:
-    """One row per ``(dataset, cfg)``: parameter counts and seconds per epoch."""
-    from awrsr_jax import data as data_lib
-    from awrsr_jax import train
-
-    rows, built = [], {}
+    rows, loaded = [], {}
+    options = runner.Options(progress="none", checkpoint_every=epochs)
     for ds, cfg in entries:
         cfg = cfg.replace(epochs=epochs, patience=epochs + 1)
-        if (ds, cfg.max_len) not in built:
-            built[(ds, cfg.max_len)] = data_lib.build(
-                search.load_dataset(ds)[1], cfg.max_len
-            )[0]
-        data = built[(ds, cfg.max_len)]
+        if ds not in loaded:
+            loaded[ds] = datasets.load(ds)
+        workdir = os.path.join(
+            out, "timing", cell_name(ds, cfg, loaded[ds].sha256, [0])
+        )
         print(f"timing {ds} {cfg.backbone} {cfg.mech}", file=log)
-        res = train.fit(cfg, data, seeds=[0])
+        res = runner.run(cfg, workdir=workdir, data=loaded[ds], options=options)
         rows.append(dict(dataset=ds, backbone=cfg.backbone, mech=cfg.mech,
                          max_len=cfg.max_len, layers=cfg.layers, members=1,
-                         seconds_per_epoch=res.seconds_per_epoch,
-                         **param_shapes(cfg, data.num_items)))  # fmt: skip
+                         seconds_per_epoch=res["seconds_per_epoch"],
+                         params=res["params"], refine_params=res["refine_params"]))  # fmt: skip
     return rows
 
 
 def from_results(results_dir) -> list[dict]:
     """Rows from Table 2's finished cells (K-seed ensemble timings)."""
-    _, cells = search.load_manifest(results_dir, "2")
+    _, cells = results.load_manifest(results_dir, "2")
     rows = []
-    for e, res, _ in cells:
+    for e, run in cells:
+        res = run and run["results"]
         if res is not None and res["status"] == "ok":
-            c = res["config"]
+            c = run["config"]["config"]
             rows.append(dict(dataset=e["dataset"], backbone=e["backbone"],
                              mech=e["mech"], max_len=c["max_len"], layers=c["layers"],
                              members=len(res["seeds"]), params=res["params"],
@@ -126,30 +104,29 @@ def define_flags():
 
 def main(argv):
     del argv
-    from experiments import reproduce
-
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     f = flags.FLAGS
     smoke = f.budget == "smoke"
     try:
+        out = f.out or f.from_results or os.path.join("runs", "complexity")
         if f.from_results:
             rows, device = from_results(f.from_results), "see the Table 2 header"
         else:
             import jax
 
-            datasets = f.datasets or reproduce.BUDGETS[f.budget]["datasets"]
+            names = f.datasets or BUDGETS[f.budget]["datasets"]
             bbs = f.backbones or ("sasrec" if smoke else "sasrec,stosa")
-            entries = reproduce.table_entries("2", datasets.split(","),
-                                              bbs.split(","), f.budget,
-                                              mechs=["none", "add"] if smoke else None)  # fmt: skip
-            rows = measure(entries, epochs=f.time_epochs or (2 if smoke else 6))
+            entries = table_entries("2", names.split(","), bbs.split(","), f.budget,
+                                    mechs=["none", "add"] if smoke else None)  # fmt: skip
+            epochs = f.time_epochs or (2 if smoke else 6)
+            rows = measure(entries, epochs=epochs, out=out)
             dev = jax.devices()[0]
             device = f"{dev.device_kind} ({dev.platform}, jax {jax.__version__})"
-        out = f.out or f.from_results or os.path.join("runs", "complexity")
         os.makedirs(out, exist_ok=True)
         md = markdown(rows, device)
-        search.atomic_write(os.path.join(out, "complexity.md"), md)
-        search.atomic_write(os.path.join(out, "complexity.json"),
-                            json.dumps({"device": device, "rows": rows}, indent=2))  # fmt: skip
+        files.write_text(os.path.join(out, "complexity.md"), md)
+        files.write_json(os.path.join(out, "complexity.json"),
+                         {"device": device, "rows": rows})  # fmt: skip
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {e}")
     print(md)

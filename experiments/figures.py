@@ -1,16 +1,19 @@
 """The paper's Figures 2-5 as PNG files, from ``experiments.reproduce`` outputs.
 
-    python -m experiments.figures --results=runs/reproduce --out=results/figures
+    python -m experiments.figures --from_results=runs/reproduce --out=results/figures
     python -m experiments.figures --budget=smoke   # trains a tiny Table 2 first
 
-Reads ``<results>/table2.json`` and its cells (no training, CPU is enough):
+Reads ``<from_results>/table2.json`` and its cells (no training, CPU is
+enough); ``--budget=smoke`` first trains a tiny Table 2 into ``--from_results``
+(default ``runs/smoke/reproduce``):
 
 * ``fig2_ndcg_at_n.png``: test NDCG@N for N = 1..20 per mechanism, from the
   saved per-user test ranks (mean over seeds and users).
 * ``fig3_attention.png``: the last 15 positions of one test user, last layer,
   head 0: A of Original, A and B of a refined model (``--mech``), from the
   intermediates sown during a forward pass of seed 0's best parameters
-  (``attention.npz``, written by :func:`attention_maps` at training time).
+  (``attention.npz``, written at training time by
+  :func:`awrsr_jax.analysis.attention_maps`).
   Masked entries (future or padding) are blank.
 * ``fig4_valid_ndcg.png``: validation NDCG@5 per epoch (mean over the seeds
   still training at that epoch).
@@ -18,7 +21,7 @@ Reads ``<results>/table2.json`` and its cells (no training, CPU is enough):
   steps) over its last 50 epochs, i.e. up to early stopping.
 
 matplotlib is imported inside the plotting function only, so this module can
-be imported (``reproduce`` uses :func:`attention_maps`) where it is missing.
+be imported where it is missing.
 """
 
 from __future__ import annotations
@@ -28,43 +31,12 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
-from awrsr_jax import search
+from awrsr_jax import results
+from awrsr_jax.analysis import LAST, ndcg_at
 
-LAST = 15  # positions shown in Figure 3
 TAIL = 50  # epochs shown in Figure 5
-
-
-def attention_maps(cfg, params, data) -> dict:
-    """A and B (``[layers, H, L, L]``) of member 0 on the first test user with
-    at least 15 real positions (else the longest), with the user's sequence."""
-    import jax
-    from flax import traverse_util
-
-    from awrsr_jax import models
-
-    inp = np.asarray(data.test_inp)
-    real = (inp > 0).sum(1)
-    enough = np.flatnonzero(real >= min(LAST, inp.shape[1]))
-    row = int(enough[0]) if enough.size else int(real.argmax())
-    one = jax.tree.map(lambda x: x[0], params)
-    model = models.build(cfg, data.num_items)
-    _, state = model.apply(one, inp[row][None], False, mutable=["intermediates"])
-    flat = sorted(traverse_util.flatten_dict(state["intermediates"]).items())
-    a = np.stack([np.asarray(v[0][0]) for k, v in flat if k[-1] == "A"])
-    b = np.stack([np.asarray(v[0][0]) for k, v in flat if k[-1] == "B"])
-    return {"A": a, "B": b, "seq": inp[row], "row": np.int64(row)}
-
-
-def ndcg_at(ranks_KxU, ns=range(1, 21)) -> np.ndarray:
-    """Mean NDCG@N over seeds and users for each N (one relevant item)."""
-    import jax.numpy as jnp
-
-    from awrsr_jax.ops.metrics import rank_metrics
-
-    vals = rank_metrics(jnp.asarray(ranks_KxU), recall_ks=(), ndcg_ks=tuple(ns))
-    return np.array([float(np.mean(vals[f"NDCG@{n}"])) for n in ns])
 
 
 def read_metrics(cell_dir) -> list[dict]:
@@ -106,51 +78,74 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    info, cells = search.load_manifest(results_dir, "2")
-    panels = {}
-    for e, res, ranks in cells:
-        if res is not None and res["status"] == "ok":
-            key = (e["dataset"], e["backbone"])
-            panels.setdefault(key, []).append((e, ranks))
-    if not panels:
-        raise ValueError(f"{results_dir}: no finished Table 2 cells")
+    panels = _panels(results_dir)
     os.makedirs(out, exist_ok=True)
-    paths = {}
-
-    def grid_of(name, draw, ylabel, xlabel):
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-        for ax, ((ds, bb), items) in zip(np.atleast_1d(axes), panels.items()):
-            for e, ranks in items:
-                x, y = draw(e, ranks)
-                ax.plot(x, y, label=e["mech"], lw=1.4)
-            ax.set(title=f"{ds} / {bb}", xlabel=xlabel, ylabel=ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths[name] = os.path.join(out, f"{name}.png")
-        fig.savefig(paths[name], dpi=130)
-        plt.close(fig)
 
     def cell_dir(e):
         return os.path.join(results_dir, e["cell"])
 
     ns = np.arange(1, 21)
-    grid_of("fig2_ndcg_at_n", lambda e, r: (ns, ndcg_at(r, ns)), "test NDCG@N", "N")
-    grid_of("fig4_valid_ndcg", lambda e, r: valid_curve(read_metrics(cell_dir(e))),
-            "validation NDCG@5", "epoch")  # fmt: skip
-    grid_of("fig5_grad_norm", lambda e, r: grad_tail(read_metrics(cell_dir(e))),
-            "global gradient norm (seed 0)", "epochs before stopping")  # fmt: skip
+    grids = [
+        ("fig2_ndcg_at_n", lambda e, r: (ns, ndcg_at(r, ns)), "test NDCG@N", "N"),
+        ("fig4_valid_ndcg", lambda e, r: valid_curve(read_metrics(cell_dir(e))),
+         "validation NDCG@5", "epoch"),
+        ("fig5_grad_norm", lambda e, r: grad_tail(read_metrics(cell_dir(e))),
+         "global gradient norm (seed 0)", "epochs before stopping"),
+    ]  # fmt: skip
+    paths = {}
+    for name, draw, ylabel, xlabel in grids:
+        path = os.path.join(out, f"{name}.png")
+        paths[name] = _plot_grid(plt, panels, path, draw, ylabel, xlabel)
 
     key = (dataset, backbone) if dataset else next(iter(panels))
     by_mech = {e["mech"]: e for e, _ in panels.get(key, [])}
     if "none" not in by_mech or mech not in by_mech:
         raise ValueError(f"Figure 3 needs none and {mech} cells for {key}")
-    base = np.load(
-        os.path.join(cell_dir(by_mech["none"]), "attention.npz"), allow_pickle=False
+    paths["fig3_attention"] = _plot_attention(
+        plt,
+        key,
+        mech,
+        base_dir=cell_dir(by_mech["none"]),
+        refined_dir=cell_dir(by_mech[mech]),
+        path=os.path.join(out, "fig3_attention.png"),
     )
-    ref = np.load(
-        os.path.join(cell_dir(by_mech[mech]), "attention.npz"), allow_pickle=False
-    )
+    return [paths[k] for k in sorted(paths)]
+
+
+def _panels(results_dir) -> dict:
+    """``{(dataset, backbone): [(entry, ranks), ...]}`` of the finished Table 2
+    cells; ValueError if there are none."""
+    _, cells = results.load_manifest(results_dir, "2")
+    panels = {}
+    for e, run in cells:
+        if run is not None and run["results"]["status"] == "ok":
+            key = (e["dataset"], e["backbone"])
+            panels.setdefault(key, []).append((e, run["ranks"]))
+    if not panels:
+        raise ValueError(f"{results_dir}: no finished Table 2 cells")
+    return panels
+
+
+def _plot_grid(plt, panels, path, draw, ylabel, xlabel) -> str:
+    """One subplot per panel, a line per mechanism at ``draw(entry, ranks)``."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, ((ds, bb), items) in zip(np.atleast_1d(axes), panels.items()):
+        for e, ranks in items:
+            x, y = draw(e, ranks)
+            ax.plot(x, y, label=e["mech"], lw=1.4)
+        ax.set(title=f"{ds} / {bb}", xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def _plot_attention(plt, key, mech, *, base_dir, refined_dir, path) -> str:
+    """Figure 3: the masked tails of Original's A and the refined cell's A, B."""
+    base = np.load(os.path.join(base_dir, "attention.npz"), allow_pickle=False)
+    ref = np.load(os.path.join(refined_dir, "attention.npz"), allow_pickle=False)
     maps = [("A, Original", base["A"], base["seq"]),
             (f"A, {mech}", ref["A"], ref["seq"]),
             (f"B, {mech}", ref["B"], ref["seq"])]  # fmt: skip
@@ -163,38 +158,49 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"{key[0]} / {key[1]}: last {LAST} positions, last layer, head 0")
     fig.tight_layout()
-    paths["fig3_attention"] = os.path.join(out, "fig3_attention.png")
-    fig.savefig(paths["fig3_attention"], dpi=130)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
-    return [paths[k] for k in sorted(paths)]
+    return path
 
 
 def define_flags():
-    flags.DEFINE_string("results", "runs/reproduce", "experiments.reproduce output")
-    flags.DEFINE_string("out", None, "PNG folder (default <results>/figures)")
+    flags.DEFINE_string("from_results", None,
+                        "experiments.reproduce output folder to read (default "
+                        "runs/reproduce)")  # fmt: skip
+    flags.DEFINE_string("results", None, "deprecated name of --from_results")
+    flags.DEFINE_string("out", None, "PNG folder (default <from_results>/figures)")
     flags.DEFINE_enum("budget", "full", ["full", "smoke"],
-                      "smoke: first train a tiny Table 2 into --results")  # fmt: skip
+                      "smoke: first train a tiny Table 2 into --from_results")  # fmt: skip
     flags.DEFINE_string("dataset", None, "Figure 3's dataset (default: the first)")
     flags.DEFINE_string("backbone", None, "Figure 3's backbone")
     flags.DEFINE_string("mech", "add", "Figure 3's refined mechanism")
 
 
+def _results_dir(f) -> str:
+    if f.results and f.from_results and f.results != f.from_results:
+        raise ValueError(f"--results={f.results} and --from_results={f.from_results}")
+    if f.results:
+        print("warning: --results is deprecated; use --from_results", file=sys.stderr)
+    default = os.path.join("runs", "smoke" if f.budget == "smoke" else "", "reproduce")
+    return f.from_results or f.results or os.path.normpath(default)
+
+
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     f = flags.FLAGS
-    results = f.results
     try:
+        src = _results_dir(f)
         if f.budget == "smoke":
             from experiments import reproduce
 
-            results = os.path.join("runs", "smoke", "reproduce")
             b = reproduce.BUDGETS["smoke"]
             entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
                                               mechs=["none", f.mech])  # fmt: skip
-            reproduce.run_table("2", entries, results, seeds=list(range(b["seeds"])),
+            reproduce.run_table("2", entries, src, seeds=list(range(b["seeds"])),
                                 epochs=b["epochs"], patience=b["patience"],
                                 budget="smoke", command="experiments.figures smoke")  # fmt: skip
-        paths = make_figures(results, f.out or os.path.join(results, "figures"),
+        paths = make_figures(src, f.out or os.path.join(src, "figures"),
                              dataset=f.dataset, backbone=f.backbone, mech=f.mech)  # fmt: skip
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {e}")

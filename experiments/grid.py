@@ -3,18 +3,23 @@
     python -m experiments.grid --backbone=sasrec --dataset=ml-1m --space=paper
     python -m experiments.grid --backbone=stosa --dataset=beauty --space=small \
         --set=hidden=64,max_len=100,heads=4,layers=1,batch_size=256
+    python -m experiments.grid --dataset=beauty --space=paper --set=layers=1 \
+        --sample=24 --out=runs/search/beauty      # a seeded random subset
     python -m experiments.grid --budget=smoke     # tiny CPU run of the pipeline
 
 ``--space`` is ``paper``, ``small``, ``smoke`` or a JSON file (see
-``awrsr_jax.search``); ``--set`` fixes other config fields for every config.
+``awrsr_jax.search``); ``--set`` fixes other config fields for every config;
+``--sample=N`` keeps N configs of the space drawn with ``--sample_seed``.
 Configs that differ only in lr / l2 / dropout / pvn_weight train as one
-ensemble (one ``train.fit(sweep=...)``, all members on the same seed, so they
-share initialisation and data order). After every ensemble the table
-``<out>/results.jsonl`` is replaced atomically; rerunning the command skips
-finished configs. A diverging ensemble is retried member by member and only
-the diverging members are recorded as failed. At the end the command writes
-``best.json`` (best validation NDCG@5; its test metrics are reported, never
-used to choose), ``summary.md`` and ``summary.csv``.
+ensemble: one :func:`awrsr_jax.runner.run` with a sweep, all members on the
+same seed (they share initialisation and data order), in the workdir
+``<out>/groups/<hash>/`` (checkpointed: a killed search resumes inside a
+group). After every group the table ``<out>/results.jsonl`` is replaced
+atomically; rerunning the command skips finished configs. A diverging group
+is retried member by member and only the diverging members are recorded as
+failed. At the end the command writes ``best.json`` (best validation NDCG@5;
+its test metrics are reported, never used to choose), ``summary.md`` and
+``summary.csv``.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
-from awrsr_jax import search
+from awrsr_jax import datasets, files, registry, results, runner, search
 from awrsr_jax.config import Config
 from awrsr_jax.ops.metrics import metric_names
+from awrsr_jax.results import as_list
+from awrsr_jax.train.loop import SELECT
 
-PROGRESS_EVERY = 10  # epochs between a group's progress lines
 SMOKE_BASE = dict(hidden=16, max_len=10, layers=1, epochs=3, patience=2, batch_size=32)
 
 
@@ -50,97 +56,86 @@ def parse_set(text: str) -> dict:
     return out
 
 
-def _record(cfg, h, label, sha, **fields) -> dict:
+def _record(cfg, h, data, **fields) -> dict:
     return {
         "hash": h,
         "config": dataclasses.asdict(cfg),
-        "dataset": label,
-        "data_sha256": sha,
+        "dataset": data.name,
+        "data_sha256": data.sha256,
         **fields,
     }
 
 
-def train_group(cfg, sweep, members, data, hashes, label, sha, log):
-    """Trains one shape group; returns one record per member."""
-    from awrsr_jax import train  # jax work only once something is trained
+def _curves(workdir: str, members: int) -> list[list[float]]:
+    """Validation NDCG@5 per epoch of each member, from ``metrics.jsonl``."""
+    curves = [[] for _ in range(members)]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for rec in map(json.loads, filter(str.strip, f)):
+            if "valid" in rec:
+                curves[rec["member"]].append(rec["valid"][SELECT])
+    return curves
 
-    curves = [[] for _ in members]
-    t0 = time.perf_counter()
 
-    def on_epoch(rec):
-        if "valid" in rec:
-            curves[rec["member"]].append(rec["valid"][train.SELECT])
-
-    def progress(loop) -> bool:  # a line every PROGRESS_EVERY epochs; never stops
-        if loop.epoch % PROGRESS_EVERY == 0:
-            best = " ".join(f"{b:.4f}" for b in loop.best)
-            print(f"  epoch {loop.epoch} ({time.perf_counter() - t0:.0f} s, "
-                  f"{int(loop.active.sum())} training): best valid {train.SELECT} "
-                  f"per member {best}", file=log)  # fmt: skip
-        return False
-
+def train_group(cfg, sweep, members, data, out, log) -> list[dict]:
+    """Trains one shape group through the one experiment path; returns one
+    record per member."""
+    hashes = [search.config_hash(c, data.sha256) for c in members]
+    name = search.config_hash(cfg, data.sha256, sweep=sweep)
+    workdir = os.path.join(out, "groups", name)
+    options = runner.Options(progress="lines", log=log)
     try:
-        res = train.fit(cfg, data, seeds=[cfg.seed] * len(members), sweep=sweep,
-                        on_epoch=on_epoch, after_epoch=progress)  # fmt: skip
+        res = runner.run(cfg, workdir=workdir, data=data,
+                         seeds=[cfg.seed] * len(members), sweep=sweep,
+                         options=options)  # fmt: skip
     except FloatingPointError as e:
         if len(members) == 1:
             print(f"  diverged: {e}", file=log)
-            return [
-                _record(
-                    members[0], hashes[0], label, sha, status="failed", error=str(e)
-                )
-            ]
+            return [_record(members[0], hashes[0], data, status="failed", error=str(e))]
         print(f"  ensemble diverged ({e}); retrying its members one by one", file=log)
-        out = []
-        for c, h in zip(members, hashes):
+        out_records = []
+        for c in members:
             one = {k: [getattr(c, k)] for k in sweep}
-            out += train_group(c, one, [c], data, [h], label, sha, log)
-        return out
-    wall = time.perf_counter() - t0
+            out_records += train_group(c, one, [c], data, out, log)
+        return out_records
+    curves = _curves(workdir, len(members))
     return [
         _record(
             c,
             h,
-            label,
-            sha,
+            data,
             status="ok",
-            valid=res.valid[m],
-            test=res.test[m],
-            best_epoch=res.best_epoch[m],
-            epochs_run=len(curves[m]),
-            seconds_per_epoch=res.seconds_per_epoch,
-            group_wall_s=wall,
+            valid=valid,
+            test=test,
+            best_epoch=best,
+            epochs_run=len(curve),
+            seconds_per_epoch=res["seconds_per_epoch"],
+            group_wall_s=res["train_seconds"],
             members=len(members),
-            valid_curve=curves[m],
-        )
-        for m, (c, h) in enumerate(zip(members, hashes))
+            valid_curve=curve,
+            workdir=workdir,
+        )  # fmt: skip
+        for c, h, valid, test, best, curve in zip(
+            members,
+            hashes,
+            *(as_list(res[k]) for k in ("valid", "test", "best_epoch")),
+            curves,
+        )  # fmt: skip
     ]
 
 
-def run_search(configs, seqs, label, out, *, max_members=32, log=sys.stderr):
+def run_search(configs, data, out, *, max_members=32, log=sys.stderr):
     """Trains every config not yet in ``<out>/results.jsonl``; returns the table."""
-    from awrsr_jax import data as data_lib
-
-    sha = data_lib.fingerprint(seqs)
-    table = search.ResultTable(os.path.join(out, "results.jsonl"))
-    todo = [c for c in configs if search.config_hash(c, sha) not in table]
+    table = results.ResultTable(os.path.join(out, "results.jsonl"))
+    todo = [c for c in configs if search.config_hash(c, data.sha256) not in table]
     print(f"{len(configs)} configs, {len(configs) - len(todo)} already done", file=log)
     groups = search.shape_groups(todo, max_members)
-    built = {}  # max_len -> SeqData: one build per sequence length
     for i, (cfg, sweep, members) in enumerate(groups):
-        if cfg.max_len not in built:
-            built[cfg.max_len] = data_lib.build(seqs, cfg.max_len)[0]
-        hashes = [search.config_hash(c, sha) for c in members]
         print(
             f"group {i + 1}/{len(groups)}: {len(members)} members, "
             f"shape {search.config_hash(cfg)[:8]}",
             file=log,
         )
-        table.add(
-            train_group(
-                cfg, sweep, members, built[cfg.max_len], hashes, label, sha, log
-            )
-        )
+        table.add(train_group(cfg, sweep, members, data, out, log))
     return table
 
 
@@ -149,7 +144,7 @@ def summary_markdown(records, title: str, top: int = 20) -> str:
         (r for r in records if r["status"] == "ok"), key=lambda r: -r["valid"]["NDCG@5"]
     )
     failed = [r for r in records if r["status"] != "ok"]
-    keys = search.varying_fields(records)
+    keys = results.varying_fields(records)
     cols = ["hash", *keys, "valid R@1", "valid R@5", "valid N@5", "best epoch"]
     lines = [
         f"# {title}",
@@ -229,7 +224,7 @@ def summary_csv(records) -> str:
 def write_outputs(table, out, *, label, backbone, space) -> dict | None:
     """best.json, summary.md and summary.csv from the whole table."""
     records = list(table.records.values())
-    best = search.best_record(records)
+    best = results.best_record(records)
     if best is not None:
         info = {
             "dataset": label,
@@ -240,28 +235,27 @@ def write_outputs(table, out, *, label, backbone, space) -> dict | None:
             "valid": best["valid"],
             "test": best["test"],
         }
-        search.atomic_write(
-            os.path.join(out, "best.json"),
-            json.dumps(info, indent=2, sort_keys=True) + "\n",
-        )
+        files.write_json(os.path.join(out, "best.json"), info)
     title = f"Grid search: {backbone} on {label} (space {space})"
-    search.atomic_write(
-        os.path.join(out, "summary.md"), summary_markdown(records, title)
-    )
-    search.atomic_write(os.path.join(out, "summary.csv"), summary_csv(records))
+    files.write_text(os.path.join(out, "summary.md"), summary_markdown(records, title))
+    files.write_text(os.path.join(out, "summary.csv"), summary_csv(records))
     return best
 
 
 def define_flags():
-    flags.DEFINE_enum("backbone", "sasrec", ["sasrec", "stosa"], "backbone")
+    flags.DEFINE_enum("backbone", "sasrec", list(registry.BACKBONES), "model searched")
     flags.DEFINE_string("mech", "none", "refinement of every config (or in --space)")
     flags.DEFINE_string(
         "dataset",
         "ml-1m",
-        "ml-1m, beauty, beauty-bert4rec, synthetic, smoke, or a sequence file",
+        f"data: {', '.join(datasets.NAMES)}, or a sequence file's path",
     )
     flags.DEFINE_string("space", "paper", "paper, small, smoke or a JSON file")
     flags.DEFINE_string("set", "", "fixed config fields: field=value,...")
+    flags.DEFINE_integer(
+        "sample", None, "train only this many configs of the space, drawn at random"
+    )
+    flags.DEFINE_integer("sample_seed", 0, "seed of the --sample draw")
     flags.DEFINE_enum(
         "budget",
         "full",
@@ -276,6 +270,7 @@ def define_flags():
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     f = flags.FLAGS
     try:
         over = parse_set(f.set)
@@ -287,18 +282,20 @@ def main(argv):
             dataset, space_name = "smoke", "smoke"
             base = base.replace(**SMOKE_BASE)
         base = base.replace(**over)
-        label, seqs = search.load_dataset(dataset)
+        data = datasets.load(dataset)
         configs, dropped = search.expand(
             base, search.load_space(space_name, f.backbone)
         )
-        out = f.out or os.path.join("runs", "grid", f"{label}-{f.backbone}")
+        if f.sample is not None:
+            configs = search.sample(configs, f.sample, f.sample_seed)
+        out = f.out or os.path.join("runs", "grid", f"{data.name}-{f.backbone}")
         os.makedirs(out, exist_ok=True)
         if dropped:
             print(f"dropped {len(dropped)} invalid configs, e.g. {dropped[0]}")
         t0 = time.perf_counter()
-        table = run_search(configs, seqs, label, out, max_members=f.max_members)
+        table = run_search(configs, data, out, max_members=f.max_members)
         best = write_outputs(
-            table, out, label=label, backbone=f.backbone, space=space_name
+            table, out, label=data.name, backbone=f.backbone, space=space_name
         )
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")

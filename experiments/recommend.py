@@ -8,11 +8,16 @@ best first). ``--users_file`` (user-line layout: ``user item item ...``, oldest
 first) prints one JSON object per line, ``{"user", "items", "scores"}``. The
 history is removed from the candidates; scores come from the same code as
 evaluation (see ``awrsr_jax.recommend``). Bad input exits 1 with one line that
-names the id, or the file and line.
+names the id, or the file and line. Ids are ASCII digits only.
+
+A run that has not finished (no ``results.json``: still training, stopped or
+killed) is answered from its best params so far, with a ``warning:`` line on
+stderr that says so.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -33,7 +38,7 @@ def parse_history(text: str) -> list:
     """Tokens of ``--history``; ints where they parse, else the raw token (so
     the range check names it)."""
     toks = text.replace(",", " ").split()
-    return [int(t) if t.isdigit() else t for t in toks]
+    return [int(t) if re.fullmatch("[0-9]+", t) else t for t in toks]
 
 
 def main(argv):
@@ -48,6 +53,9 @@ def main(argv):
         if FLAGS.top_n < 1:
             raise ValueError(f"--top_n={FLAGS.top_n}: must be >= 1")
         rec = Recommender.from_workdir(FLAGS.workdir, FLAGS.member)
+        warning = rec.unfinished_warning(FLAGS.workdir)
+        if warning:
+            print(warning, file=sys.stderr)
         if FLAGS.history is not None:
             hist = parse_history(FLAGS.history)
             (out,) = rec.recommend([hist], FLAGS.top_n, names=["--history"])

@@ -7,55 +7,47 @@
     python -m experiments.reproduce --table=2 --budget=smoke   # CI: tiny CPU run
 
 A table is a list of *cells* (dataset, backbone, mechanism, config). A cell
-trains its K seeds as one ensemble (``train.fit(seeds=...)``) and writes under
-``<out>/cells/<name>-<hash>/``: ``metrics.jsonl`` (per seed and epoch: loss,
-grad_norm, valid metrics), ``test_ranks.npy`` (``int32[K, U]``),
-``attention.npz`` (A, B of each layer, one user, seed 0) and, last,
-``results.json``. Finished cells are skipped (a killed command resumes; tables
-share cells). ``<out>/table<N>.json`` lists the cells, merged across commands;
+trains its K seeds as one ensemble and is an ordinary workdir of the one
+experiment path (:func:`awrsr_jax.runner.run`), ``<out>/cells/<name>-<hash>/``:
+``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``test_ranks.npy``
+(``int[K, U]``), ``attention.npz`` (A, B of each layer, one user, seed 0) and,
+last, ``results.json``; ``experiments.compare`` reads it like any run. Finished
+cells are skipped, and cells ended by ``--cell_minutes`` go on from their
+checkpoint (a killed command resumes; tables share cells).
+``<out>/table<N>.json`` lists the cells, merged across commands;
 ``--from_results`` rebuilds ``table<N>.md`` / ``_summary.json`` from it without
 training (scipy is needed only there, so render on a CPU if the GPU lacks it).
 
-``--budget=gpu`` uses fixed configs (``TUNED``), not a search; ``--tuned=``
+``--budget=gpu`` starts from each backbone's registry configuration for the
+dataset (:data:`awrsr_jax.registry.BACKBONES`), not a search; ``--tuned=``
 grid ``best.json`` files replace them; nothing is tuned on the test split.
-Reported: mean and sample sd over seeds, improvement of the means over
-Original in percent, and a paired t-test and Wilcoxon signed-rank test over
-users on per-user NDCG@5 averaged over seeds, against Original.
+Reported per cell: mean and sample sd over seeds of the test metrics at each
+seed's best validation epoch; against Original, paired by seed (seed s of
+every mechanism shares data order and negatives), the change of the means, a
+paired t-test over the seeds (the only source of stars) and a hierarchical
+bootstrap 95% interval of the change (:func:`awrsr_jax.stats.cell_summary`);
+the per-user paired test as a secondary column, conditional on the trained
+models; the paper's values (:mod:`awrsr_jax.paper`) beside them. A cell ended
+by the epoch cap or a time limit while a seed was still within its patience
+is marked † (:func:`cut_seeds`). ``table<N>_summary.json`` names, for every
+cell, its dataset, backbone, mechanism, layers, seeds, each seed's test
+metrics and the seed-level p.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
 import time
 
-import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
-from awrsr_jax import search, stats
+from awrsr_jax import datasets, files, registry, results, runner, search, stats
+from awrsr_jax.analysis import fmt as _f
+from awrsr_jax.analysis import markdown_table as _md
 from awrsr_jax.config import Config
-from experiments import complexity, figures
+from awrsr_jax.paper import PAPER_TABLE2, PAPER_TABLE3
 
-MECHS = {
-    "sasrec": ("none", "simp", "value", "add"),
-    "stosa": ("none", "simp", "value", "add", "stoc"),
-}
-# --budget=gpu configs: the brief's fixed starting points. STOSA on ML-1M is our
-# choice (the STOSA paper has no ML-1M run): SASRec's ML-1M length, STOSA's width.
-TUNED = {
-    ("ml-1m", "sasrec"): dict(max_len=200, hidden=50, layers=2, heads=1,
-                              dropout=0.2, lr=1e-3, batch_size=128),
-    ("beauty", "sasrec"): dict(max_len=50, hidden=50, layers=2, heads=1,
-                               dropout=0.5, lr=1e-3, batch_size=128),
-    ("ml-1m", "stosa"): dict(max_len=200, hidden=64, layers=2, heads=1,
-                             dropout=0.2, attn_dropout=0.0, pvn_weight=0.005,
-                             lr=1e-3, batch_size=256),
-    ("beauty", "stosa"): dict(max_len=100, hidden=64, layers=1, heads=4,
-                              dropout=0.3, attn_dropout=0.0, pvn_weight=0.005,
-                              lr=1e-3, batch_size=256),
-}  # fmt: skip
 SMOKE = dict(hidden=16, max_len=10, layers=1, heads=1, batch_size=32)
 # cpu: Table 2 for SASRec on Beauty, 2 seeds per cell: about 45 minutes on 2 CPU
 # cores as two commands side by side; a cell's training ends after 50 minutes
@@ -71,23 +63,18 @@ BUDGETS = {
 METRICS = ("Recall@1", "Recall@5", "NDCG@5")
 CONFIG_KEYS = ("max_len", "hidden", "layers", "heads", "dropout", "attn_dropout",
                "lr", "l2", "pvn_weight", "batch_size")  # fmt: skip
-# Liu et al., RecSys 2024, Table 2 (full ranking). Only the values we could
-# confirm are filled in; None = not available here (never guessed). The paper's
-# Beauty is SASRec's 52k-user file, ours STOSA's 5-core: not the same data.
-PAPER_TABLE2 = {
-    ("ml-1m", "sasrec", "none"): {"Recall@5": 0.0959, "NDCG@5": 0.0616},
-    ("beauty", "stosa", "none"): {"NDCG@5": 0.0285},
-}
 
 
 def base_config(dataset, backbone, budget, tuned=()) -> Config:
-    """(dataset, backbone)'s config: a grid ``best.json``, else ``TUNED``."""
+    """(dataset, backbone)'s config: a grid ``best.json``, else the backbone's
+    registry configuration for that dataset."""
     for info in tuned:
         if info["dataset"] == dataset and info["backbone"] == backbone:
             return Config.from_dict(info["config"])
-    if budget == "smoke" or (dataset, backbone) not in TUNED:
+    per_dataset = registry.backbone(backbone).per_dataset
+    if budget == "smoke" or dataset not in per_dataset:
         return Config(backbone=backbone, **SMOKE)
-    return Config(backbone=backbone, **TUNED[(dataset, backbone)])
+    return Config(backbone=backbone, **per_dataset[dataset])
 
 
 def table_entries(table, datasets, backbones, budget, tuned=(), mechs=None):
@@ -96,7 +83,8 @@ def table_entries(table, datasets, backbones, budget, tuned=(), mechs=None):
     for ds in datasets[-1:] if table == "3" else datasets:
         for bb in backbones:
             base = base_config(ds, bb, budget, tuned)
-            for mech in [m for m in mechs or MECHS[bb] if m in MECHS[bb]]:
+            allowed = registry.backbone(bb).table_mechs
+            for mech in [m for m in mechs or allowed if m in allowed]:
                 if table == "2":
                     out.append((ds, base.replace(mech=mech)))
                 elif table == "3":
@@ -108,53 +96,11 @@ def table_entries(table, datasets, backbones, budget, tuned=(), mechs=None):
     return out
 
 
-def run_cell(cell_dir, cfg, seeds, data, dataset, sha, minutes=None) -> dict:
-    """Trains one cell's seeds as one ensemble and writes its files. With
-    ``minutes``, training ends after the first epoch that finishes past it and
-    ``results.json`` says ``"stopped": "cell_minutes"``."""
-    import jax
-
-    from awrsr_jax import train
-
-    os.makedirs(cell_dir, exist_ok=True)
-    meta = dict(dataset=dataset, data_sha256=sha, seeds=seeds,
-                config=dataclasses.asdict(cfg))  # fmt: skip
-    search.atomic_write(os.path.join(cell_dir, "cell.json"), json.dumps(meta) + "\n")
-    mpath = os.path.join(cell_dir, "metrics.jsonl")
-    t0 = time.perf_counter()
-    cut = []  # the epoch at which the time limit ended training
-
-    def past_limit(loop) -> bool:
-        over = minutes is not None and time.perf_counter() - t0 > 60 * minutes
-        if over and loop.epoch < cfg.epochs and loop.active.any():
-            cut.append(loop.epoch)
-        return bool(cut)
-
-    with open(mpath + ".part", "w", buffering=1) as mf:  # a line per epoch, to follow
-        try:
-            res = train.fit(cfg, data, seeds=seeds, after_epoch=past_limit,
-                            on_epoch=lambda r: mf.write(json.dumps(r) + "\n"))  # fmt: skip
-            err = None
-        except FloatingPointError as e:  # diverged: recorded, the table goes on
-            res, err = None, str(e)
-    os.replace(mpath + ".part", mpath)
-    dev = jax.devices()[0]
-    out = dict(meta, status="failed" if err else "ok", error=err,
-               wall_s=time.perf_counter() - t0, device=dev.device_kind,
-               platform=dev.platform, jax=jax.__version__)  # fmt: skip
-    if res is not None:
-        np.save(os.path.join(cell_dir, "test_ranks.npy"), res.test_ranks.astype("i4"))
-        np.savez(
-            os.path.join(cell_dir, "attention.npz"),
-            **figures.attention_maps(cfg, res.best_params, data),
-        )
-        if cut:
-            out["stopped"] = "cell_minutes"
-        out.update(valid=res.valid, test=res.test, best_epoch=res.best_epoch,
-                   epochs_run=res.epochs_run, seconds_per_epoch=res.seconds_per_epoch,
-                   **complexity.count_params(cfg, res.best_params, len(seeds)))  # fmt: skip
-    search.atomic_write(os.path.join(cell_dir, "results.json"), json.dumps(out) + "\n")
-    return out
+def cell_name(dataset: str, cfg: Config, data_id: str, seeds) -> str:
+    """Folder name of one cell: readable prefix plus the config hash."""
+    h = search.config_hash(cfg, data_id, seeds=[int(s) for s in seeds])
+    label = os.path.basename(dataset)  # a path names its file, never a folder
+    return f"{label}-{cfg.backbone}-{cfg.mech}-L{cfg.layers}-{cfg.refine_input}-{h}"
 
 
 def _entry_key(e) -> tuple:
@@ -167,8 +113,7 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
     path = os.path.join(out, f"table{table}.json")
     old = {"entries": [], "commands": []}
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        old = files.read_json(path)
     merged = {_entry_key(e): e for e in old["entries"]}
     for ds, cfg, name in specs:
         e = dict(dataset=ds, backbone=cfg.backbone, mech=cfg.mech, layers=cfg.layers,
@@ -178,91 +123,113 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
     info = dict(table=table, budget=budget, seeds=list(seeds), commands=commands,
                 entries=list(merged.values()))  # fmt: skip
     os.makedirs(out, exist_ok=True)
-    search.atomic_write(path, json.dumps(info, indent=2) + "\n")
+    files.write_json(path, info)
     return path
 
 
 def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
               budget="gpu", command="", max_minutes=None, cell_minutes=None,
               log=sys.stderr) -> str:  # fmt: skip
-    """Trains every unfinished cell of ``entries``. The manifest is written
-    first, so a table can be rendered from whatever finished if the command is
-    killed; no new cell starts after ``max_minutes``; a cell's training ends
-    after ``cell_minutes``."""
-    from awrsr_jax import data as data_lib
-
+    """Trains every unfinished cell of ``entries`` (each an ordinary workdir
+    under ``<out>/cells/``, through :func:`awrsr_jax.runner.run`). The
+    manifest is written first, so a table can be rendered from whatever
+    finished if the command is killed; no new cell starts after
+    ``max_minutes``; a cell's training ends after ``cell_minutes`` (the same
+    command continues it). A diverged cell is recorded as failed."""
     loaded, specs = {}, []
     for ds, cfg in entries:
         cfg = cfg.replace(epochs=epochs, patience=patience, eval_every=eval_every)
         if ds not in loaded:
-            seqs = search.load_dataset(ds)[1]
-            loaded[ds] = (seqs, data_lib.fingerprint(seqs))
-        specs.append((ds, cfg, search.cell_name(ds, cfg, loaded[ds][1], seeds)))
-    path = write_manifest(
-        out, table, specs, budget=budget, seeds=seeds, command=command
-    )
-    t0, built = time.perf_counter(), {}
+            loaded[ds] = datasets.load(ds)
+        specs.append((ds, cfg, cell_name(ds, cfg, loaded[ds].sha256, seeds)))
+    path = write_manifest(out, table, specs, budget=budget, seeds=seeds,
+                          command=command)  # fmt: skip
+    t0 = time.perf_counter()
+    options = runner.Options(max_minutes=cell_minutes, progress="lines",
+                             attention=True, log=log)  # fmt: skip
     for ds, cfg, name in specs:
         cell_dir, elapsed = os.path.join(out, "cells", name), time.perf_counter() - t0
-        if search.cell_done(cell_dir):
+        done = results.is_done(cell_dir)
+        if done and not files.read_json(os.path.join(cell_dir, "results.json")).get(
+            "stopped"
+        ):
             continue
         if max_minutes is not None and elapsed > 60 * max_minutes:
             print(f"[{elapsed:5.0f} s] time limit: not starting {name}", file=log)
             continue
-        seqs, sha = loaded[ds]
-        if (ds, cfg.max_len) not in built:
-            built[(ds, cfg.max_len)] = data_lib.build(seqs, cfg.max_len)[0]
         print(f"[{elapsed:5.0f} s] training {name}", file=log)
-        run_cell(cell_dir, cfg, seeds, built[(ds, cfg.max_len)], ds, sha, cell_minutes)
+        try:
+            runner.run(cfg, workdir=cell_dir, data=loaded[ds], seeds=seeds,
+                       options=options)  # fmt: skip
+        except FloatingPointError as e:  # recorded in results.json; table goes on
+            print(f"  diverged: {e}", file=log)
     return path
 
 
 # ---------------------------------------------------------------- rendering
 
 
-def _f(x, digits=4, signed=False) -> str:
-    return "–" if x is None else f"{x:{'+' if signed else ''}.{digits}f}"
-
-
 def _pm(s, m="NDCG@5") -> str:
     return "–" if s is None else f"{s['mean'][m]:.4f} ± {s['sd'][m]:.4f}"
 
 
-def _md(header, rows) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    return out + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+def cut_seeds(res) -> list:
+    """Seeds whose run ended (epoch cap or time limit) while they were still
+    within their patience: their validation metric may still have been rising.
+    A seed stopped by patience has ``best_epoch + patience < epochs_run``."""
+    patience = res["config"]["patience"] * res["config"]["eval_every"]
+    return [s for s, b in zip(res["seeds"], res["best_epoch"])
+            if b + patience >= res["epochs_run"]]  # fmt: skip
 
 
 def _epochs(res) -> str:
-    """``"run / best, best"`` of a cell's results, and why it ended early."""
+    """``"run / best, best"`` of a cell's results; a dagger when cut."""
     if res is None or "epochs_run" not in res:
         return "–"
     best = ", ".join(map(str, res["best_epoch"]))
-    return f"{res['epochs_run']} / {best}" + (
-        " (time limit)" if res.get("stopped") else ""
-    )
+    return f"{res['epochs_run']} / {best}" + (" †" if cut_seeds(res) else "")
 
 
 def _load(cells):
-    """``[(entry, summary or None, results or None)]`` (None: missing/diverged)."""
+    """``[(entry, results or None, ranks or None)]`` (None: missing/diverged);
+    ``results`` is the cell's results.json with its ``config`` added."""
     out = []
-    for e, res, ranks in cells:
+    for e, run in cells:
+        res = run and dict(run["results"], config=run["config"]["config"])
         ok = res is not None and res["status"] == "ok"
-        out.append(
-            (e, stats.summarize(res["test"], ranks, METRICS) if ok else None, res)
-        )
+        out.append((e, res if ok else None, run["ranks"] if ok else None))
     return out
 
 
+def _vs(new, base) -> dict | None:
+    """:func:`awrsr_jax.stats.cell_summary` of ``new`` (``(results, ranks)``)
+    against ``base`` (None: the row alone), or None when ``new`` is missing."""
+    (res, ranks), (bres, branks) = new, base or (None, None)
+    if res is None:
+        return None
+    kw = dict(base_ranks_KxU=branks, base_seeds=bres["seeds"]) if bres else {}
+    return stats.cell_summary(ranks, res["seeds"], metrics=METRICS, **kw)
+
+
+def _delta(s, m="NDCG@5") -> str:
+    """``+4.1%** [-1.0, +9.2]``: change of the means, stars from the seed-level
+    test, and the hierarchical bootstrap interval."""
+    if not s or not s.get("seed_test") or s["seed_test"][m] is None:
+        return "–"
+    t, ci = s["seed_test"][m], s["bootstrap"][m]
+    return (f"{_f(t['improvement_pct'], 1, True)}%{s['stars'][m]} "
+            f"[{_f(ci['low_pct'], 1, True)}, {_f(ci['high_pct'], 1, True)}]")  # fmt: skip
+
+
 def _header(title, info, rows) -> list[str]:
-    done = [r for _, _, r in rows if r is not None]
+    done = [r for _, r, _ in rows if r is not None]
     hw = sorted({f"{r['device']} ({r['platform']}, jax {r['jax']})" for r in done})
     cfg = done[0]["config"] if done else {}
     cut = [f"{e['dataset']} / {e['backbone']} / {e['mech']}, {e['layers']} layer(s), "
-           f"{e['refine_input']} ({r['epochs_run']} epochs)"
-           for e, _, r in rows if r is not None and r.get("stopped")]  # fmt: skip
+           f"{e['refine_input']} (seeds {cut_seeds(r)}, {r['epochs_run']} epochs)"
+           for e, r, _ in rows if r is not None and cut_seeds(r)]  # fmt: skip
     seen = {}  # (dataset, backbone) -> key -> its values in these cells
-    for e, _, r in rows:
+    for e, r, _ in rows:
         if r is not None:
             block = seen.setdefault((e["dataset"], e["backbone"]), {})
             for k in CONFIG_KEYS:
@@ -274,22 +241,27 @@ def _header(title, info, rows) -> list[str]:
         "",
         f"Commands: `{'`; `'.join(info['commands'])}` (budget `{info['budget']}`, seeds "
         f"{info['seeds']}). Hardware: {', '.join(hw) or '–'}. Training wall time "
-        f"of these cells: {sum(r['wall_s'] for r in done):.0f} s.",
+        f"of these cells: {sum(r.get('train_seconds', 0) for r in done):.0f} s.",
         "",
         "Protocol: leave-one-out (valid = second-last item, test = last); full "
         "ranking over all items with the user's history removed, ties counted "
         "against the model; each seed selected on validation NDCG@5 (patience "
         f"{cfg.get('patience')}, at most {cfg.get('epochs')} epochs); test metrics "
         "at the best validation epoch. Values: mean ± sample sd over seeds. "
-        "p: paired t-test / Wilcoxon signed-rank test over users of per-user "
-        "NDCG@5 (mean over seeds).",
+        "Against Original, paired by seed (seed s of every mechanism shares its "
+        "data order and negatives): Δ% of the means, * p < 0.05 and ** p < 0.01 "
+        "from a paired t-test over the seeds (the only source of stars), and "
+        "[a, b] a hierarchical bootstrap 95% interval of Δ% (seeds resampled, "
+        "then users within each seed). 'p users' is a paired t-test over users "
+        "of NDCG@5 averaged over seeds: conditional on these trained models, "
+        "shown for reference only.",
         "",
         *(f"- config {ds} / {bb}: {c}" for (ds, bb), c in shapes.items()),
         "",
     ] + ([
-        "Ended by the time limit (--cell_minutes) before every seed had "
-        f"early-stopped; test metrics at the best validation epoch so far: "
-        f"{', '.join(cut)}.", "",
+        "† ended by the epoch cap or the time limit while some seeds were still "
+        "within their patience (their validation NDCG@5 may still have been "
+        f"rising); no conclusion rests on these cells: {', '.join(cut)}.", "",
     ] if cut else [])  # fmt: skip
 
 
@@ -298,38 +270,45 @@ def render_table2(info, cells):
     lines = _header("Table 2: Original vs refinement mechanisms", info, rows)
     summary = []
     for ds, bb in dict.fromkeys((e["dataset"], e["backbone"]) for e, _, _ in rows):
-        block = [
-            row for row in rows if (row[0]["dataset"], row[0]["backbone"]) == (ds, bb)
-        ]
-        base = next((s for e, s, _ in block if e["mech"] == "none"), None)
-        pbase = PAPER_TABLE2.get((ds, bb, "none"), {})
+        block = [row for row in rows if row[0]["dataset"] == ds
+                 and row[0]["backbone"] == bb]  # fmt: skip
+        base = next(((r, k) for e, r, k in block if e["mech"] == "none" and r), None)
         table = []
-        for e, s, r in block:
+        for e, r, ranks in block:
+            vs = _vs((r, ranks), base if e["mech"] != "none" else None)
             paper = PAPER_TABLE2.get((ds, bb, e["mech"]), {})
-            vs = stats.compare(s, base) if s and base and e["mech"] != "none" else {}
-            imp = vs.get("improvement_pct", {})
-            table.append([e["mech"], *(_pm(s, m) for m in METRICS),
-                          *(_f(imp.get(m), 1, True) for m in METRICS),
-                          _f(vs.get("p_t"), 3), _f(vs.get("p_wilcoxon"), 3),
-                          _f(paper.get("Recall@5")), _f(paper.get("NDCG@5")),
-                          _epochs(r)])  # fmt: skip
-            summary.append({"dataset": ds, "backbone": bb, "mech": e["mech"],
-                            "ours": s and {"mean": s["mean"], "sd": s["sd"]},
-                            "vs_original": vs or None, "paper": paper or None,
-                            "paper_improvement_pct": {m: stats.improvement(
-                                paper.get(m), pbase.get(m)) for m in METRICS}})  # fmt: skip
-        head = ["mechanism", *METRICS, "Δ% R@1", "Δ% R@5", "Δ% N@5", "p (t)",
-                "p (Wilcoxon)", "paper R@5", "paper N@5", "epochs run / best"]  # fmt: skip
+            user = (vs or {}).get("user_level_conditional")
+            table.append([e["mech"], len(r["seeds"]) if r else "–",
+                          *(_pm(vs, m) for m in METRICS), _delta(vs),
+                          _f((vs or {}).get("p", {}).get("NDCG@5"), 3),
+                          _f(user and user["p_t"], 3),
+                          *(_f(paper.get(m)) for m in METRICS), _epochs(r)])  # fmt: skip
+            summary.append(_summary_row(e, r, vs, paper))
+        head = ["mechanism", "seeds", *METRICS, "Δ% N@5 [95% CI]", "p seeds",
+                "p users", *(f"paper {m}" for m in METRICS), "epochs run / best"]  # fmt: skip
         lines += [f"## {ds} / {bb}", "", *_md(head, table), ""]
     lines.append(
-        "Δ%: improvement of the seed means over Original (none); p: against "
-        "Original. paper: Liu et al. 2024, Table 2, only where we could confirm "
-        "the value ('–' = not available here; never filled in by us). Epochs: "
-        "run by the cell, and each seed's best validation epoch (0-based); "
-        "'time limit': the cell's training was ended by --cell_minutes before "
-        "every seed had early-stopped."
+        "paper: Liu et al. 2024, Table 2 (awrsr_jax/paper.py), only where the "
+        "value could be read ('–' otherwise; never filled in by us). Epochs: "
+        "run by the cell, and each seed's best validation epoch (0-based)."
     )
     return "\n".join(lines) + "\n", summary
+
+
+def _summary_row(e, res, vs, paper=None) -> dict:
+    """One cell of a table's JSON summary: what it is, its seeds with their
+    test metrics, and the seed-level test against Original."""
+    row = {k: e[k] for k in ("dataset", "backbone", "mech", "layers", "refine_input")}
+    row.update(seeds=res and res["seeds"], cut_seeds=res and cut_seeds(res),
+               epochs_run=res and res["epochs_run"],
+               best_epoch=res and res["best_epoch"])  # fmt: skip
+    if vs:
+        row.update({k: vs.get(k) for k in ("per_seed", "mean", "sd", "p", "stars",
+                                           "seed_test", "bootstrap",
+                                           "user_level_conditional")})  # fmt: skip
+    if paper is not None:
+        row["paper"] = paper or None
+    return row
 
 
 def render_table3(info, cells):
@@ -337,48 +316,50 @@ def render_table3(info, cells):
     lines = _header("Table 3: NDCG@5 by number of layers", info, rows)
     depths = sorted({e["layers"] for e, _, _ in rows})
     grid = {}
-    for e, s, _ in rows:
-        grid.setdefault((e["dataset"], e["backbone"], e["mech"]), {})[e["layers"]] = s
+    for e, r, k in rows:
+        grid.setdefault((e["dataset"], e["backbone"], e["mech"]), {})[e["layers"]] = (
+            e, r, k)  # fmt: skip
     table, summary = [], []
     for (ds, bb, mech), by in grid.items():
         out = [ds, bb, mech]
         for n in depths:
-            s, base = by.get(n), grid.get((ds, bb, "none"), {}).get(n)
-            vs = stats.compare(s, base) if s and base and mech != "none" else {}
-            mark = stats.stars(vs.get("p_t"))
-            if mark and vs["improvement_pct"]["NDCG@5"] < 0:
-                mark += " (lower)"
-            out.append(_pm(s) + mark)
-            summary.append({"dataset": ds, "backbone": bb, "mech": mech, "layers": n,
-                            "ours": s and {"mean": s["mean"], "sd": s["sd"]},
-                            "vs_original": vs or None})  # fmt: skip
+            e, r, k = by.get(n, (None, None, None))
+            base = grid.get((ds, bb, "none"), {}).get(n, (None, None, None))[1:]
+            vs = _vs((r, k), base if mech != "none" and base[0] else None)
+            mark = (vs or {}).get("stars", {}).get("NDCG@5", "")
+            low = mark and vs["seed_test"]["NDCG@5"]["mean_diff"] < 0
+            paper = PAPER_TABLE3.get((ds, bb, mech, n), {}).get("NDCG@5")
+            out.append(_pm(vs) + mark + (" (lower)" if low else "")
+                       + (" †" if r and cut_seeds(r) else "")
+                       + (f" (paper {paper:.4f})" if paper is not None else ""))  # fmt: skip
+            if e is not None:
+                summary.append(_summary_row(e, r, vs))
         table.append(out)
     head = ["dataset", "backbone", "mechanism", *(f"{n} layer(s)" for n in depths)]
     lines += _md(head, table)
-    lines += ["", "* p < 0.05, ** p < 0.01 (paired t-test against Original at the "
-              "same depth; '(lower)': significantly below Original). The paper's "
-              "Table 3 values are not available here."]  # fmt: skip
+    lines += ["", "Stars: seed-level paired t-test against Original at the same "
+              "depth; '(lower)': significantly below Original. The paper's Table 3 "
+              "values are shown where awrsr_jax/paper.py has them."]  # fmt: skip
     return "\n".join(lines) + "\n", summary
 
 
 def render_refine(info, cells):
     rows = _load(cells)
     lines = _header("Ablation: refinement input A = scores or probs", info, rows)
-    by = {(e["dataset"], e["backbone"], e["mech"], e["refine_input"]): s
-          for e, s, _ in rows}  # fmt: skip
+    by = {(e["dataset"], e["backbone"], e["mech"], e["refine_input"]): (e, r, k)
+          for e, r, k in rows}  # fmt: skip
     table, summary = [], []
     for key in dict.fromkeys(k[:3] for k in by):
         sc, pr = by.get((*key, "scores")), by.get((*key, "probs"))
-        vs = stats.compare(pr, sc) if sc and pr else {}
-        imp = vs.get("improvement_pct", {}).get("NDCG@5")
-        table.append([*key, _pm(sc), _pm(pr), _f(imp, 1, True),
-                      _f(vs.get("p_t"), 3), _f(vs.get("p_wilcoxon"), 3)])  # fmt: skip
-        summary.append({"dataset": key[0], "backbone": key[1], "mech": key[2],
-                        "scores": sc and sc["mean"], "probs": pr and pr["mean"],
-                        "probs_vs_scores": vs or None})  # fmt: skip
-    head = ["dataset", "backbone", "mechanism", "scores N@5", "probs N@5", "Δ%",
-            "p (t)", "p (Wilcoxon)"]  # fmt: skip
-    lines += [*_md(head, table), "", "Δ% and p: probs against scores."]
+        base = sc[1:] if sc and sc[1] else None
+        vs = _vs(pr[1:], base) if pr else None
+        table.append([*key, _pm(_vs(sc[1:], None) if sc else None), _pm(vs),
+                      _delta(vs), _f((vs or {}).get("p", {}).get("NDCG@5"), 3)])  # fmt: skip
+        if pr:
+            summary.append(_summary_row(pr[0], pr[1], vs))
+    head = ["dataset", "backbone", "mechanism", "scores N@5", "probs N@5",
+            "Δ% [95% CI]", "p seeds"]  # fmt: skip
+    lines += [*_md(head, table), "", "Δ% and p: probs against scores, paired by seed."]
     return "\n".join(lines) + "\n", summary
 
 
@@ -387,12 +368,12 @@ RENDER = {"2": render_table2, "3": render_table3, "refine": render_refine}
 
 def render(results_dir, table, out) -> list[str]:
     """``table<N>.md`` and ``table<N>_summary.json`` from a results folder."""
-    info, cells = search.load_manifest(results_dir, table)
+    info, cells = results.load_manifest(results_dir, table)
     md, summary = RENDER[table](info, cells)
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, f"table{table}{x}") for x in (".md", "_summary.json")]
-    search.atomic_write(paths[0], md)
-    search.atomic_write(paths[1], json.dumps(summary, indent=2, default=float) + "\n")
+    files.write_text(paths[0], md)
+    files.write_json(paths[1], summary)
     return paths
 
 
@@ -419,13 +400,14 @@ def define_flags():
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     f, b = flags.FLAGS, BUDGETS[flags.FLAGS.budget]
     out = f.out or f.from_results or os.path.join("runs", "reproduce")
     try:
         if not f.from_results:
             if f.cell_minutes is not None and f.cell_minutes < 0:
                 raise ValueError(f"--cell_minutes={f.cell_minutes}: must be >= 0")
-            tuned = [search.read_json(p) for p in filter(None, f.tuned.split(","))]
+            tuned = [files.read_json(p) for p in filter(None, f.tuned.split(","))]
             bbs = f.backbones or b["backbones"]
             mechs = f.mechs or b["mechs"]
             entries = table_entries(f.table, (f.datasets or b["datasets"]).split(","),

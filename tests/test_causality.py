@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awrsr_jax import models
+from awrsr_jax import models, registry
 from awrsr_jax.config import Config
 
 L, V = 7, 30
-MECHS = ["none", "simp", "value", "add"]
+MECHS = list(registry.BACKBONES["sasrec"].table_mechs)
 
 
 def _model_and_params(mech, refine_input, per_head=False):

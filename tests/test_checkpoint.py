@@ -19,40 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awrsr_jax import checkpoint, evaluate, runner, train
-from awrsr_jax.data import build, generate
-from tests.conftest import REPO, tiny_config
-
-CFG = tiny_config(layers=1, epochs=5, patience=50)
-
-
-def tiny_seqs():
-    return generate(num_users=40, num_items=30, min_len=3, max_len=9, seed=1)
+from awrsr_jax import checkpoint, datasets, evaluate, runner, train
+from awrsr_jax.data import build
+from tests.conftest import CKPT_CFG as CFG
+from tests.conftest import REPO, final_state, run_tiny, strip_seconds, tiny_seqs
 
 
 def run(workdir, cfg=CFG, **kw):
-    kw.setdefault("keep_checkpoints", 10)
-    return runner.run(
-        cfg, workdir=str(workdir), sequences=tiny_seqs(), quiet=True, **kw
-    )
-
-
-def final_state(workdir, cfg=CFG, step=None):
-    """``(arrays, meta)`` of the newest (or ``step``) checkpoint, restored."""
-    store = checkpoint.Store(os.path.join(workdir, "checkpoints"), read_only=True)
-    try:
-        template = train.LoopState.template(cfg, 30, [cfg.seed])
-        if step is not None:
-            store.steps = lambda: [step]
-        loop, meta = store.restore(template)
-    finally:
-        store.close()
-    arrays = {k: getattr(loop, k) for k in checkpoint.ARRAYS}
-    return jax.tree.map(np.asarray, arrays), meta
-
-
-def strip_seconds(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return run_tiny(workdir, cfg, **kw)
 
 
 def assert_same_run(a, b, cfg=CFG):
@@ -71,17 +45,7 @@ def assert_same_run(a, b, cfg=CFG):
     ]
     assert lines[0] == lines[1] == strip_seconds(ma["history"])
     res = [json.load(open(os.path.join(d, "results.json"))) for d in (a, b)]
-    for r in res:
-        r.pop("seconds_per_epoch")
-    assert res[0] == res[1]
-
-
-@pytest.fixture(scope="module")
-def ref(tmp_path_factory):
-    """An uninterrupted run that keeps every epoch's checkpoint."""
-    wd = tmp_path_factory.mktemp("ref")
-    run(wd)
-    return str(wd)
+    assert strip_seconds(res)[0] == strip_seconds(res)[1]
 
 
 def clone_at(ref_dir, dest, step):
@@ -176,7 +140,7 @@ def test_latest_and_best_kept_together_and_nan_never_best(ref, tmp_path, monkeyp
 
 
 def _inject(monkeypatch, epoch, what):
-    real = train.compiled
+    real = train.members.compiled
 
     def compiled(cfg, mesh=None):
         epoch_fn, eval_fn = real(cfg, mesh)
@@ -193,7 +157,7 @@ def _inject(monkeypatch, epoch, what):
 
         return bad_epoch, eval_fn
 
-    monkeypatch.setattr(train, "compiled", compiled)
+    monkeypatch.setattr(train.members, "compiled", compiled)
 
 
 @pytest.mark.parametrize("what", ["training loss", "gradient", "parameters"])
@@ -272,8 +236,8 @@ def test_a_different_config_in_the_workdir_is_refused(ref):
 
 CHILD = """
 import sys, time
-from awrsr_jax import runner, train
-from tests.test_checkpoint import CFG, tiny_seqs
+from awrsr_jax import train
+from tests.conftest import run_tiny
 
 wd, mode, k, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 real_fit = train.fit
@@ -318,7 +282,7 @@ if len(sys.argv) > 5:  # the real CLI, for SIGTERM
     sys.argv = ["main", *sys.argv[5:]]
     app.run(main.main)
 else:
-    runner.run(CFG, workdir=wd, sequences=tiny_seqs(), quiet=True, keep_checkpoints=10)
+    run_tiny(wd)
 """
 
 
@@ -395,9 +359,40 @@ def test_sigterm_at_five_points_saves_exits_0_and_resumes(ref, tmp_path):
         latest = max(int(s) for s in os.listdir(wd / "checkpoints") if s.isdigit())
         assert latest == (k + 1 if mode == "after" else k)
         assert not (wd / "results.json").exists()
-        runner.run(
-            CFG, workdir=str(wd), dataset="file", data_file=str(data), quiet=True
-        )
+        runner.run(CFG, workdir=str(wd), data=datasets.from_flags(None, str(data)),
+                   options=runner.Options(progress="none"))  # fmt: skip
         assert_same_run(ref, str(wd))
         saved += 1
     print(f"SIGTERM saves: {saved}/{len(points)}")
+
+
+def test_results_without_a_readable_checkpoint_never_restart_silently(ref, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(ref, wd)
+    shutil.move(wd / "checkpoints", tmp_path / "gone")
+    before = (wd / "results.json").read_bytes()
+    with pytest.raises(ValueError, match="holds an earlier run .*--restart"):
+        run(wd)
+    assert (wd / "results.json").read_bytes() == before
+    run(wd, restart=True)  # the old files move aside, the run trains again
+    assert (wd / "replaced-1" / "results.json").read_bytes() == before
+    assert_same_run(ref, str(wd))
+
+
+def test_quarantined_checkpoints_alone_also_block_a_restart(ref, tmp_path):
+    wd = tmp_path / "wd"
+    os.makedirs(wd / "checkpoints-unreadable" / "3")
+    shutil.copy(os.path.join(ref, "config.json"), wd)
+    with pytest.raises(ValueError, match=r"checkpoints-unreadable/\)"):
+        run(wd)
+
+
+def test_a_second_run_in_the_same_workdir_is_refused(ref, tmp_path):
+    from awrsr_jax.files import WorkdirLock
+
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    with WorkdirLock(wd):  # what a live run holds
+        with pytest.raises(ValueError, match=rf"{wd} is in use by another run"):
+            run(wd)
+    assert sorted(os.listdir(wd)) == [".lock"]

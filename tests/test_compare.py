@@ -17,6 +17,7 @@ def _run(
     config = {
         "config": {"mech": mech, "epochs": 200, "seed": seed, "lr": lr},
         "data_sha256": sha,
+        "seeds": list(range(seed, seed + len(tests))),
     }
     results = {
         "test": tests if len(tests) > 1 else tests[0],
@@ -52,7 +53,8 @@ def test_table_values_and_paired_difference(tmp_path):
     )
     runs = [compare.load_run(base), compare.load_run(f"mine={new}")]
     rows = _rows(compare.table(runs, "", ["NDCG@5"], "NDCG@5"))
-    assert rows[0][:2] == ["run", "seeds"] and rows[0][-4] == "Δ NDCG@5"
+    assert rows[0][:2] == ["run", "seeds"] and rows[0][-5] == "Δ NDCG@5"
+    assert rows[3][10] == "–"  # one shared seed: no seed-level test
     assert rows[2][:8] == [
         "none",
         "1",
@@ -115,3 +117,31 @@ def test_runs_sharing_a_label_are_the_seeds_of_one_row(tmp_path):
     )
     with pytest.raises(SystemExit, match="share a label .value. but differ in lr"):
         compare.table(runs + [other], "", ["NDCG@5"], "NDCG@5")
+
+
+def test_seed_level_p_pairs_the_shared_seeds(tmp_path):
+    from scipy import stats as sps
+
+    # Per seed NDCG@5 (mean over 2 users): none 0.5 and 0, add 1.0 and 0.75
+    # (rank 3 has NDCG@5 = 1/log2(4) = 0.5).
+    base = _run(
+        tmp_path / "a", "none", [[1, 20], [20, 20]], [{"NDCG@5": 0.5}, {"NDCG@5": 0}]
+    )
+    base_s1 = _run(tmp_path / "a1", "none", [[1, 20]], [{"NDCG@5": 0.5}], seed=1)
+    new = _run(
+        tmp_path / "b", "add", [[1, 1], [1, 3]], [{"NDCG@5": 1}, {"NDCG@5": 0.75}]
+    )
+    runs = [compare.load_run(a) for a in (base, new)]
+    rows = _rows(compare.table(runs, "", ["NDCG@5"], "NDCG@5"))
+    d = np.array([1.0 - 0.5, 0.75 - 0.0])  # per-seed differences, seeds 0 and 1
+    p = 2 * sps.t.sf(d.mean() / (d.std(ddof=1) / np.sqrt(2)), 1)
+    assert rows[3][10] == f"{p:.2g}"
+    # Seeds pair by id: a baseline of seeds 0 (run a) and 1 (run a1).
+    runs = [compare.load_run(a) for a in (base, new)]
+    runs[0] = compare.merge_seeds([compare.load_run(_run(
+        tmp_path / "a0", "none", [[1, 20]], [{"NDCG@5": 0.5}])),
+        compare.load_run(base_s1)])  # fmt: skip
+    rows = _rows(compare.table(runs, "", ["NDCG@5"], "NDCG@5"))
+    d = np.array([1.0 - 0.5, 0.75 - 0.5])
+    p = 2 * sps.t.sf(d.mean() / (d.std(ddof=1) / np.sqrt(2)), 1)
+    assert rows[3][10] == f"{p:.2g}"

@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 
+from awrsr_jax import files
 from data_prep import fetch, recipes
 from data_prep.textrows import DataPrepError
 
@@ -36,7 +37,7 @@ def test_download_verifies_md5_and_sha256_then_renames(tmp_path):
     path = fetch.fetch(remote, cache)
     assert path == cache / "ml-1m.zip" and path.read_bytes() == PAYLOAD
     assert _leftovers(cache) == ["ml-1m.zip"]
-    assert stat.S_IMODE(path.stat().st_mode) == fetch.default_file_mode()
+    assert stat.S_IMODE(path.stat().st_mode) == files.default_file_mode()
     assert fetch.fetch(remote, cache) == path  # cached copy is re-verified, reused
 
 

@@ -107,23 +107,6 @@ def test_csv_rules_strip_bom_fold_crlf_and_accept_unterminated_last_line(tmp_pat
     assert rows.user_ids.tolist() == [1, 2] and rows.item_ids.tolist() == [20, 21]
 
 
-@pytest.mark.parametrize(
-    "data,line,reason",
-    [
-        (b"user_id,anime_id,rating\n1,2,0\n", 2, "rating 0 outside -1 or [1, 10]"),
-        (b"user_id,anime_id,rating\n1,2,11\n", 2, "outside"),
-        (b"user_id,anime_id,rating\n1,2,-2\n", 2, "outside"),
-        (b"user_id,anime_id,rating\n1,2,5\n1,3", 3, "(last line has no final newline"),
-        (b"user_id,anime_id,rating\n1;2;5\n", 2, "wrong separator: found ';'"),
-        (b"user_id,anime_id,rating\n1,2,5\r3,4,5\n", 2, "carriage return inside"),
-    ],
-)
-def test_anime_rating_values(tmp_path, data, line, reason):
-    with pytest.raises(DataPrepError) as info:
-        _anime(tmp_path, data)
-    assert info.value.line == line and reason in info.value.reason
-
-
 def test_line_numbers_stay_right_across_block_boundaries():
     data = b"".join(b"%d::7::5::100\n" % u for u in range(1, 200)) + b"x::7::5::100\n"
     source = LineSource(io.BytesIO(data), "f", strict=True, block_bytes=37)
@@ -185,20 +168,34 @@ def test_amazon_csv_reads_string_ids_in_sorted_code_order(tmp_path):
     ]
 
 
-@pytest.mark.parametrize(
-    "data,line,reason",
-    [
-        (b"A,x1,5.0,10\nA,x2,5.0\n", 2, "expected 4 fields"),
-        (b"A,x1,5.0,10\nA,x2,five,10\n", 2, "non-numeric rating"),
-        (b"A,x1,5.0,-10\n", 1, "timestamp"),
-        (b"A,x1,5.0,10\n\nA,x2,5.0,11\n", 2, "blank line"),
-        (b"A,x\xe9,5.0,10\n", 1, "not printable ASCII"),
-        (b"A,,5.0,10\n", 1, "empty"),
-    ],
-)
-def test_amazon_csv_malformed(tmp_path, data, line, reason):
+def _amazon_csv(tmp_path, data: bytes):
+    return _amazon(tmp_path, "ratings_Beauty.csv", data)
+
+
+# Malformed rows of the other readers: (reader, file bytes, bad line, words in
+# the reason).
+ANIME_HEADER = b"user_id,anime_id,rating\n"
+MALFORMED = [
+    ("anime", ANIME_HEADER + b"1,2,0\n", 2, "rating 0 outside -1 or [1, 10]"),
+    ("anime", ANIME_HEADER + b"1,2,11\n", 2, "outside"),
+    ("anime", ANIME_HEADER + b"1,2,-2\n", 2, "outside"),
+    ("anime", ANIME_HEADER + b"1,2,5\n1,3", 3, "(last line has no final newline"),
+    ("anime", ANIME_HEADER + b"1;2;5\n", 2, "wrong separator: found ';'"),
+    ("anime", ANIME_HEADER + b"1,2,5\r3,4,5\n", 2, "carriage return inside"),
+    ("amazon_csv", b"A,x1,5.0,10\nA,x2,5.0\n", 2, "expected 4 fields"),
+    ("amazon_csv", b"A,x1,5.0,10\nA,x2,five,10\n", 2, "non-numeric rating"),
+    ("amazon_csv", b"A,x1,5.0,-10\n", 1, "timestamp"),
+    ("amazon_csv", b"A,x1,5.0,10\n\nA,x2,5.0,11\n", 2, "blank line"),
+    ("amazon_csv", b"A,x\xe9,5.0,10\n", 1, "not printable ASCII"),
+    ("amazon_csv", b"A,,5.0,10\n", 1, "empty"),
+]
+
+
+@pytest.mark.parametrize("reader,data,line,reason", MALFORMED)
+def test_malformed_rows_name_line_and_reason(tmp_path, reader, data, line, reason):
+    read = {"anime": _anime, "amazon_csv": _amazon_csv}[reader]
     with pytest.raises(DataPrepError) as info:
-        _amazon(tmp_path, "ratings_Beauty.csv", data)
+        read(tmp_path, data)
     assert info.value.line == line and reason in info.value.reason
 
 

@@ -141,14 +141,14 @@ def test_interrupted_write_leaves_previous_outputs_and_no_temporaries(
     before = _files(out)
     (tmp_path / "ratings.dat").write_bytes(_grouplens_bytes(_ratings(seed=5)))
 
-    def fail(path, stats):
+    def fail(path, stats, pending=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(outputs, "write_stats", fail)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, "ml-1m", tmp_path / "ratings.dat")
+        _run(tmp_path, "ml-1m", tmp_path / "ratings.dat", overwrite=True)
     assert sorted(_files(out)) == sorted(before)  # only final names, no .tmp
-    assert _files(out)["stats.json"] == before["stats.json"]
+    assert _files(out) == before  # no mix of new id maps and old stats.json
 
 
 def test_outputs_replace_symlinks_instead_of_writing_through_them(tmp_path):
@@ -159,7 +159,7 @@ def test_outputs_replace_symlinks_instead_of_writing_through_them(tmp_path):
     out.mkdir()
     (out / "ml-1m.txt").symlink_to(victim)
     (out / "stats.json").symlink_to(victim)
-    _run(tmp_path, "ml-1m", tmp_path / "ratings.dat")
+    _run(tmp_path, "ml-1m", tmp_path / "ratings.dat", overwrite=True)
     assert victim.read_text() == "keep me"
     assert (
         not (out / "ml-1m.txt").is_symlink() and not (out / "stats.json").is_symlink()
@@ -270,6 +270,7 @@ def test_download_with_pinned_sha256_through_a_file_url(tmp_path):
         and stats["source"]["file_sha256"] == sha
     )
     (tmp_path / "cache" / "ratings_Beauty.csv").unlink()
+    kwargs["overwrite"] = True  # the checks below fail before writing anything
     with pytest.raises(DataPrepError, match="refused: sha256"):
         prepare("beauty", sha256="0" * 64, **kwargs)
     assert not (tmp_path / "cache" / "ratings_Beauty.csv").exists()

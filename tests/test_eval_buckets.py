@@ -15,16 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awrsr_jax import evaluate, models
+from awrsr_jax import evaluate, models, registry
 from awrsr_jax.data import dataset
 from awrsr_jax.data.synthetic import generate
-from tests.conftest import tiny_config
+from tests.conftest import mech_config
 
 N = 20  # model max_len: buckets 8, 16, 20
-MECHS = {
-    "sasrec": ("none", "simp", "value", "add"),
-    "stosa": ("none", "simp", "value", "add", "stoc"),
-}
+MECHS = {name: b.table_mechs for name, b in registry.BACKBONES.items()}
 CASES = [
     (b, m, r)
     for b, mechs in MECHS.items()
@@ -44,17 +41,7 @@ def _marked(quick):
 
 
 def _cfg(backbone, mech, refine_input, **kw):
-    return tiny_config(
-        backbone=backbone,
-        mech=mech,
-        refine_input=refine_input,
-        max_len=N,
-        hidden=8,
-        heads=2,
-        layers=1,
-        eval_chunk=16,
-        **kw,
-    )
+    return mech_config(backbone, mech, refine_input, max_len=N, eval_chunk=16, **kw)
 
 
 def _params(cfg, num_items, seed=0):

@@ -15,54 +15,11 @@ import types
 import numpy as np
 import pytest
 
-from awrsr_jax import search, stats
+from awrsr_jax import analysis, checkpoint, datasets, search, stats
 from awrsr_jax import train as train_lib
 from awrsr_jax.config import Config
 from experiments import complexity, figures, grid, reproduce
-
-RANKS = {  # [seeds, users]
-    "none": np.array([[1, 2, 3, 6, 10, 1], [2, 2, 3, 7, 1, 4]]),
-    "add": np.array([[1, 1, 2, 4, 10, 1], [1, 3, 2, 5, 1, 2]]),
-}
-
-
-def ndcg5(r):
-    r = np.asarray(r, float)
-    return np.where(r <= 5, 1 / np.log2(r + 1), 0.0)
-
-
-def test_per_user_and_mean_std():
-    np.testing.assert_allclose(
-        stats.per_user(RANKS["none"]), ndcg5(RANKS["none"]).mean(0), rtol=1e-6
-    )
-    np.testing.assert_allclose(stats.per_seed([[1, 9]], "Recall@5"), [0.5])
-    assert stats.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
-    assert stats.mean_std([4.0]) == (4.0, 0.0)
-    with pytest.raises(ValueError, match="unknown metric"):
-        stats.per_user(RANKS["none"], "NDCG@7")
-
-
-def test_paired_test_matches_formulas():
-    x = np.array([0.5, 0.9, 0.3, 0.8, 0.7, 0.6])
-    y = np.array([0.4, 0.5, 0.2, 0.6, 0.65, 0.1])
-    d = x - y
-    res = stats.paired_test(x, y)
-    assert res.n == 6 and res.mean_diff == pytest.approx(d.mean())
-    assert res.t == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(6)))
-    # All six differences are positive and distinct: the exact two-sided
-    # signed-rank p is 2 / 2^6.
-    assert res.p_wilcoxon == pytest.approx(2 / 64)
-    assert 0 < res.p_t < 0.05
-    same = stats.paired_test(x, x)
-    assert (same.t, same.p_t, same.p_wilcoxon) == (0.0, 1.0, 1.0)
-    with pytest.raises(ValueError, match="equal"):
-        stats.paired_test(x, y[:3])
-
-
-def test_improvement_and_stars():
-    assert stats.improvement(0.11, 0.1) == pytest.approx(10.0)
-    assert stats.improvement(0.1, 0.0) is None and stats.improvement(None, 1) is None
-    assert [stats.stars(p) for p in (0.001, 0.03, 0.2, None)] == ["**", "*", "", ""]
+from tests.conftest import RANKS, ndcg5
 
 
 def test_parse_set_types():
@@ -81,7 +38,8 @@ def fake_fit(calls):
             raise FloatingPointError("non-finite training loss at epoch 0")
         m = len(seeds)
         for i in range(m):
-            on_epoch({"epoch": 0, "member": i, "valid": {"NDCG@5": sweep["lr"][i]}})
+            valid = {"NDCG@5": sweep["lr"][i]}
+            on_epoch({"epoch": 0, "member": i, "seconds": 0.1, "valid": valid})
         for epoch in (1, 10):  # the loop after epochs 0 and 9
             loop = types.SimpleNamespace(epoch=epoch, best=np.array(sweep["lr"]),
                                          active=np.arange(m) == 0)  # fmt: skip
@@ -89,9 +47,11 @@ def fake_fit(calls):
         vals = [
             {n: lr for n in ("Recall@1", "Recall@5", "NDCG@5")} for lr in sweep["lr"]
         ]
-        return types.SimpleNamespace(
-            valid=vals, test=vals, best_epoch=[0] * m, seconds_per_epoch=0.1
-        )
+        return train_lib.FitResult(
+            best_epoch=[0] * m, epochs_run=1, valid=vals, test=vals,
+            test_ranks=np.ones((m, data.num_eval), np.int32), best_params=None,
+            seconds_per_epoch=0.1,
+        )  # fmt: skip
 
     return fit
 
@@ -99,11 +59,13 @@ def fake_fit(calls):
 def test_grid_resumes_and_records_divergence(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(train_lib, "fit", fake_fit(calls))
+    monkeypatch.setattr(checkpoint.Store, "save", lambda *a: None)
+    monkeypatch.setattr(analysis, "count_params", lambda *a: {"params": 1})
     base = Config(hidden=8, max_len=6, layers=1)
     configs, _ = search.expand(base, {"lr": [0.01, 0.02, 5.0], "layers": [1, 2]})
-    label, seqs = search.load_dataset("smoke")
+    data = datasets.load("smoke")
     log = io.StringIO()
-    table = grid.run_search(configs, seqs, label, str(tmp_path), log=log)
+    table = grid.run_search(configs, data, str(tmp_path), log=log)
     # Per shape: the ensemble diverges, then each member runs alone.
     assert len(calls) == 2 * (1 + 3)
     # A progress line every 10 epochs of each run that trained (2 per shape).
@@ -114,9 +76,9 @@ def test_grid_resumes_and_records_divergence(tmp_path, monkeypatch):
     assert sorted(r["status"] for r in recs) == ["failed"] * 2 + ["ok"] * 4
     assert all(r["config"]["lr"] == 5.0 for r in recs if r["status"] == "failed")
     calls.clear()
-    again = grid.run_search(configs, seqs, label, str(tmp_path))
+    again = grid.run_search(configs, data, str(tmp_path))
     assert calls == [] and len(again) == 6
-    best = grid.write_outputs(again, str(tmp_path), label=label, backbone="sasrec",
+    best = grid.write_outputs(again, str(tmp_path), label=data.name, backbone="sasrec",
                               space="test")  # fmt: skip
     assert best["config"]["lr"] == 0.02
     saved = json.loads((tmp_path / "best.json").read_text())
@@ -178,11 +140,14 @@ def write_fake_cells(root, table="2", specs=None):
         vals = rank_metrics(ranks)
         test = [{k: float(v[s].mean()) for k, v in vals.items()} for s in range(2)]
         cfg = dataclasses.asdict(Config(mech=mech, hidden=8, max_len=16))
-        res = dict(status="ok", config=cfg, seeds=[0, 1], test=test, valid=test,
-                   wall_s=1.0, device="cpu", platform="cpu", jax="x", params=100,
+        res = dict(status="ok", seeds=[0, 1], test=test, valid=test, epochs_run=60,
+                   best_epoch=[30, 30], train_seconds=1.0, device="cpu",
+                   platform="cpu", jax="x", params=100,
                    refine_params=0 if mech == "none" else 512,
                    seconds_per_epoch=0.5)  # fmt: skip
         (cell / "results.json").write_text(json.dumps(res))
+        ident = dict(config=cfg, dataset="toy", data_sha256="0", seeds=[0, 1])
+        (cell / "config.json").write_text(json.dumps(ident))
         np.save(cell / "test_ranks.npy", ranks.astype(np.int32))
         with open(cell / "metrics.jsonl", "w") as f:
             for e in range(60):
@@ -202,20 +167,47 @@ def write_fake_cells(root, table="2", specs=None):
 
 
 def test_render_table2_values(tmp_path):
+    from scipy import stats as sps
+
     write_fake_cells(tmp_path)
     md_path, sum_path = reproduce.render(tmp_path, "2", tmp_path / "out")
     summary = json.loads(open(sum_path).read())
     none, add = summary
-    mean_none = ndcg5(RANKS["none"]).mean()
-    mean_add = ndcg5(RANKS["add"]).mean()
-    assert none["ours"]["mean"]["NDCG@5"] == pytest.approx(mean_none, rel=1e-5)
-    imp = add["vs_original"]["improvement_pct"]["NDCG@5"]
-    assert imp == pytest.approx(100 * (mean_add / mean_none - 1), rel=1e-4)
-    ref = stats.paired_test(ndcg5(RANKS["add"]).mean(0), ndcg5(RANKS["none"]).mean(0))
-    assert add["vs_original"]["p_t"] == pytest.approx(ref.p_t, rel=1e-5)
+    seeds_none = ndcg5(RANKS["none"]).mean(1)  # per-seed test NDCG@5
+    seeds_add = ndcg5(RANKS["add"]).mean(1)
+    for row in summary:  # what every cell of the JSON summary names
+        assert {"dataset", "backbone", "mech", "layers", "seeds", "per_seed"} <= set(
+            row
+        )
+    assert none["mean"]["NDCG@5"] == pytest.approx(seeds_none.mean(), rel=1e-5)
+    assert add["per_seed"]["1"]["NDCG@5"] == pytest.approx(seeds_add[1], rel=1e-5)
+    t = add["seed_test"]["NDCG@5"]
+    want = 100 * (seeds_add.mean() / seeds_none.mean() - 1)
+    assert t["improvement_pct"] == pytest.approx(want, rel=1e-4)
+    # Seed-level p: a paired t-test over the 2 seeds, by hand.
+    d = seeds_add - seeds_none
+    p = 2 * sps.t.sf(abs(d.mean() / (d.std(ddof=1) / np.sqrt(2))), 1)
+    assert add["p"]["NDCG@5"] == pytest.approx(p, rel=1e-5)
+    user = stats.paired_test(ndcg5(RANKS["add"]).mean(0), ndcg5(RANKS["none"]).mean(0))
+    assert add["user_level_conditional"]["p_t"] == pytest.approx(user.p_t, rel=1e-5)
+    assert none.get("p") is None and add["cut_seeds"] == []
     md = open(md_path).read()
-    assert "| add | " in md and f"{mean_add:.4f} ± " in md
+    assert "| add | 2 | " in md and f"{seeds_add.mean():.4f} ± " in md
+    assert f"{want:+.1f}%" in md and "[" in md.split("| add |")[1]
     assert "## toy / sasrec" in md and "Hardware: cpu (cpu, jax x)" in md
+
+
+def test_a_cell_cut_while_improving_is_marked(tmp_path):
+    write_fake_cells(tmp_path)
+    path = tmp_path / "cells" / "add-2-scores" / "results.json"
+    res = json.loads(path.read_text())
+    res["best_epoch"] = [30, 45]  # patience 20: seed 1 still within it at 60
+    path.write_text(json.dumps(res))
+    md_path, sum_path = reproduce.render(tmp_path, "2", tmp_path / "out")
+    add = json.loads(open(sum_path).read())[1]
+    assert add["cut_seeds"] == [1]
+    md = open(md_path).read()
+    assert "| 60 / 30, 45 † |" in md and "no conclusion rests on these" in md
 
 
 def test_render_table3_and_refine(tmp_path):
@@ -226,10 +218,11 @@ def test_render_table3_and_refine(tmp_path):
     assert [(r["mech"], r["layers"]) for r in rows] == [
         ("none", 1), ("none", 2), ("add", 1), ("add", 2)]  # fmt: skip
     deeper = ndcg5(RANKS["add"] + 1).mean()
-    assert rows[3]["ours"]["mean"]["NDCG@5"] == pytest.approx(deeper, rel=1e-5)
-    assert rows[0]["vs_original"] is None and rows[3]["vs_original"]["n"] == 6
+    assert rows[3]["mean"]["NDCG@5"] == pytest.approx(deeper, rel=1e-5)
+    assert rows[0].get("seed_test") is None
+    assert rows[3]["seed_test"]["NDCG@5"]["n"] == 2
     assert "| toy | sasrec | add | " in open(md_path).read()
-    # a mechanism that ranks every target 5 places lower is marked as a loss
+    # every seed ranks every target 5 places lower: significantly lower
     top = np.array([[1, 1, 2, 1, 1, 3], [1, 2, 1, 1, 3, 1]])
     write_fake_cells(tmp_path / "low", "3", [("none", 1, "scores", top),
                                              ("value", 1, "scores", top + 5)])  # fmt: skip
@@ -239,21 +232,15 @@ def test_render_table3_and_refine(tmp_path):
     write_fake_cells(tmp_path / "ab", "refine", specs)
     _, sum_path = reproduce.render(tmp_path / "ab", "refine", tmp_path / "ab")
     (row,) = json.loads(open(sum_path).read())
-    imp = row["probs_vs_scores"]["improvement_pct"]["NDCG@5"]
+    imp = row["seed_test"]["NDCG@5"]["improvement_pct"]
     want = 100 * (ndcg5(RANKS["add"]).mean() / ndcg5(RANKS["none"]).mean() - 1)
     assert imp == pytest.approx(want, rel=1e-4)
-
-
-def test_paper_reference_values_are_labelled():
-    assert reproduce.PAPER_TABLE2[("ml-1m", "sasrec", "none")] == {
-        "Recall@5": 0.0959, "NDCG@5": 0.0616}  # fmt: skip
-    assert reproduce.PAPER_TABLE2[("beauty", "stosa", "none")] == {"NDCG@5": 0.0285}
 
 
 def test_figure_helpers():
     ranks = np.array([[1, 3], [2, 30]])
     want = [np.mean(np.where(ranks <= n, 1 / np.log2(ranks + 1), 0)) for n in (1, 2, 3)]
-    np.testing.assert_allclose(figures.ndcg_at(ranks, (1, 2, 3)), want, rtol=1e-6)
+    np.testing.assert_allclose(analysis.ndcg_at(ranks, (1, 2, 3)), want, rtol=1e-6)
     seq = np.array([0, 0, 5, 6])
     tail = figures.masked_tail(np.ones((4, 4)), seq, last=3)
     assert np.isnan(tail[0]).all()  # query at a padded position
@@ -288,7 +275,7 @@ def test_make_figures_and_complexity_from_results(tmp_path):
 
 def test_param_counts_from_shapes():
     cfg = Config(hidden=8, max_len=6, layers=2, mech="add")
-    got = complexity.param_shapes(cfg, num_items=20)
+    got = analysis.param_shapes(cfg, num_items=20)
     refine = 2 * 6 * 6  # W_RQ and W_RK, n x n, per layer
     # LayerNorms 2x8, q/k/v and two FFN denses 8x8 + 8, refinement matrices.
     block = 2 * 16 + 5 * (64 + 8) + refine
@@ -329,17 +316,24 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     reproduce.run_table("2", entries, str(tmp_path), cell_minutes=0, **kw)
     (cell,) = (tmp_path / "cells").iterdir()
     res = json.loads((cell / "results.json").read_text())
-    assert res["stopped"] == "cell_minutes" and res["epochs_run"] == 1
-    assert res["best_epoch"] == [0] and res["status"] == "ok"
+    assert res["stopped"] == "max_minutes" and res["epochs_run"] == 1
+    assert res["best_epoch"] == 0 and res["status"] == "ok"
     epochs = [json.loads(x)["epoch"] for x in open(cell / "metrics.jsonl")]
     assert epochs == [0]
     md = open(reproduce.render(tmp_path, "2", tmp_path)[0]).read()
-    assert "| 1 / 0 (time limit) |" in md
+    assert "| 1 / 0 † |" in md
     assert (
-        "early-stopped; test metrics at the best validation epoch so far: "
-        "smoke / sasrec / none, 1 layer(s), scores (1 epochs)." in md
+        "no conclusion rests on these cells: smoke / sasrec / none, 1 layer(s), "
+        "scores (seeds [0], 1 epochs)." in md
     )
-    assert reproduce._epochs({"epochs_run": 3, "best_epoch": [2, 1]}) == "3 / 2, 1"
+    # The same command later goes on from the cell's checkpoint to its cap.
+    reproduce.run_table("2", entries, str(tmp_path), **kw)
+    res = json.loads((cell / "results.json").read_text())
+    assert res["epochs_run"] == 3 and "stopped" not in res
+    assert [json.loads(x)["epoch"] for x in open(cell / "metrics.jsonl")] == [0, 1, 2]
+    done = {"epochs_run": 30, "best_epoch": [2, 1], "seeds": [0, 1],
+            "config": {"patience": 3, "eval_every": 1}}  # fmt: skip
+    assert reproduce._epochs(done) == "30 / 2, 1"
 
 
 def test_bench_ensemble_split_hand_numbers():
@@ -377,3 +371,20 @@ def test_bench_quick_prints_one_json_line_per_case():
         assert 0 < r["fill"] < 1 and r["ensemble"] == 1
         assert r["trim_rows"] == (auto if r["fill"] <= train_lib.TRIM_MAX_FILL else 0)
         assert math.isfinite(r["loss"])
+
+
+def test_a_dataset_path_never_puts_cells_outside_out(tmp_path):
+    from awrsr_jax.data import generate, write_sequences
+
+    data_dir, out = tmp_path / "data", tmp_path / "out"
+    data_dir.mkdir()
+    write_sequences(data_dir / "mine.txt", generate(num_users=30, num_items=20,
+                                                    min_len=3, max_len=8, seed=2))  # fmt: skip
+    path = str(data_dir / "mine.txt")
+    entries = reproduce.table_entries("2", [path], ["sasrec"], "smoke", mechs=["none"])
+    reproduce.run_table("2", entries, str(out), seeds=[0], epochs=1, patience=1,
+                        budget="smoke")  # fmt: skip
+    assert sorted(p.name for p in data_dir.iterdir()) == ["mine.txt"]
+    (cell,) = (out / "cells").iterdir()
+    assert cell.name.startswith("mine.txt-sasrec-none-L1-scores-")
+    assert (cell / "results.json").exists()

@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from awrsr_jax import checkpoint, runner, train
+from awrsr_jax import checkpoint, datasets, files, runner, train
 from awrsr_jax.data import DataFileError, read_sequences
-from tests.conftest import REPO
-from tests.test_checkpoint import CFG, final_state, ref, tiny_seqs  # noqa: F401
+from tests.conftest import CKPT_CFG as CFG
+from tests.conftest import REPO, final_state, run_tiny
 
 BAD_FILES = [
     # (name, bytes, fmt, line, needle)
@@ -86,21 +86,21 @@ def test_flags_are_checked_before_anything_compiles(
     def boom(*a, **k):
         raise AssertionError("compiled before validation")
 
-    monkeypatch.setattr(train, "compiled", boom)
-    monkeypatch.setattr(train, "_init_fn", boom)
+    monkeypatch.setattr(train.members, "compiled", boom)
+    monkeypatch.setattr(train.members, "init_fn", boom)
     wd = tmp_path / "wd"
     with pytest.raises(ValueError, match=flag.replace("(", r"\(")) as e:
-        runner.run(CFG.replace(**change), workdir=str(wd), quiet=True)
+        run_tiny(wd, CFG.replace(**change))
     assert "\n" not in str(e.value)
     assert not wd.exists()
 
 
 def test_missing_data_file_and_bad_options_are_named(tmp_path):
     wd = str(tmp_path / "wd")
-    with pytest.raises(ValueError, match="--data_file=/nope.txt: cannot read"):
-        runner.run(CFG, workdir=wd, dataset="file", data_file="/nope.txt")
+    with pytest.raises(ValueError, match="/nope.txt: cannot read"):
+        datasets.from_flags(None, "/nope.txt")
     with pytest.raises(ValueError, match="--checkpoint_every=0"):
-        runner.run(CFG, workdir=wd, checkpoint_every=0)
+        run_tiny(wd, checkpoint_every=0)
     assert not os.path.exists(wd)
 
 
@@ -125,7 +125,7 @@ class _Payload:
         return (pathlib.Path.touch, (self.marker,))
 
 
-def test_crafted_pickles_are_refused_and_never_run(ref, tmp_path):  # noqa: F811
+def test_crafted_pickles_are_refused_and_never_run(ref, tmp_path):
     marker = tmp_path / "PWNED"
     wd = tmp_path / "wd"
     wd.mkdir()
@@ -153,7 +153,7 @@ def test_crafted_pickles_are_refused_and_never_run(ref, tmp_path):  # noqa: F811
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", "..", ""])
 def test_output_names_that_leave_the_workdir_are_refused(tmp_path, name):
     with pytest.raises(ValueError, match="refusing"):
-        runner.output_path(str(tmp_path), name)
+        files.output_path(str(tmp_path), name)
 
 
 def test_a_symlinked_output_is_refused_and_its_target_untouched(tmp_path):
@@ -163,7 +163,7 @@ def test_a_symlinked_output_is_refused_and_its_target_untouched(tmp_path):
     wd.mkdir()
     (wd / "metrics.jsonl").symlink_to(outside)
     with pytest.raises(ValueError, match="refusing to write through the symlink"):
-        runner.run(CFG, workdir=str(wd), sequences=tiny_seqs(), quiet=True)
+        run_tiny(wd)
     assert outside.read_text() == "keep me"
 
 
@@ -171,7 +171,7 @@ def test_a_run_writes_only_inside_its_workdir(tmp_path, monkeypatch):
     root = tmp_path / "root"
     root.mkdir()
     monkeypatch.chdir(root)
-    runner.run(CFG, workdir=str(root / "wd"), sequences=tiny_seqs(), quiet=True)
+    run_tiny(root / "wd")
     assert [p.name for p in root.iterdir()] == ["wd"]
     names = {p.name for p in (root / "wd").iterdir()}
     assert names == {
@@ -180,6 +180,7 @@ def test_a_run_writes_only_inside_its_workdir(tmp_path, monkeypatch):
         "results.json",
         "test_ranks.npy",
         "checkpoints",
+        ".lock",
     }
 
 
@@ -221,7 +222,7 @@ def _damage(step_dir, kind, arg):
         os.remove(os.path.join(step_dir, arg))
 
 
-def test_partial_checkpoints_are_never_trusted(ref, tmp_path):  # noqa: F811
+def test_partial_checkpoints_are_never_trusted(ref, tmp_path):
     good = {s: final_state(ref, step=s)[0] for s in (2, 3)}
     cases = _damages(os.path.join(ref, "checkpoints", "3"))
     assert len(cases) == 20

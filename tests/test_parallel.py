@@ -30,7 +30,9 @@ from tests.conftest import tiny_config
 
 assert jax.device_count() == 4, jax.devices()
 data, _ = build(generate(num_users=60, num_items=40, min_len=4, max_len=12), 8)
-cfg = tiny_config(max_len=8, batch_size=8, dropout=0.2, eval_chunk=16)
+# trim_rows=0: the CPU default trims one-device batches and draws dropout
+# per row group, a different (equally valid) run from the sharded one.
+cfg = tiny_config(max_len=8, batch_size=8, dropout=0.2, eval_chunk=16, trim_rows=0)
 
 def run(seeds, mesh, place):
     epoch_fn, eval_fn = train.compiled(cfg, mesh)
@@ -104,6 +106,7 @@ def test_main_with_a_batch_mesh_matches_one_device(tmp_path):
             "--hidden=8",
             "--max_len=8",
             "--batch_size=16",
+            "--trim_rows=0",  # as one device trims by default (see _SCRIPT)
             f"--mesh={mesh}",
             f"--workdir={wd}",
         )
@@ -147,3 +150,21 @@ def test_replicate_and_shard_members_keep_values():
         got = place(tree, mesh)
         np.testing.assert_array_equal(got["a"], tree["a"])
         assert int(got["s"]) == 3
+
+
+def test_one_process_agrees_with_itself():
+    assert parallel.is_primary()
+    assert parallel.any_process(True) is True
+    assert parallel.any_process(False) is False
+    parallel.barrier("nothing to wait for")
+
+
+@pytest.mark.parametrize(
+    "num_processes, process_id, needle",
+    [(2, None, "give both"), (None, 0, "give both"), (2, 2, r"in \[0, 2\)")],
+)
+def test_distributed_flags_are_checked_before_joining(
+    num_processes, process_id, needle
+):
+    with pytest.raises(ValueError, match=needle):
+        parallel.maybe_initialize_distributed("localhost:1", num_processes, process_id)

@@ -7,6 +7,7 @@ A trained tiny run's checkpoint feeds both :mod:`awrsr_jax.recommend` and
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -15,8 +16,8 @@ import pytest
 from awrsr_jax import evaluate, models
 from awrsr_jax.data import build
 from awrsr_jax.recommend import Recommender, UnknownItemError, check_items
-from tests.conftest import run_module
-from tests.test_checkpoint import CFG, ref, tiny_seqs  # noqa: F401 (fixture)
+from tests.conftest import CKPT_CFG as CFG
+from tests.conftest import run_module, tiny_seqs
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +109,38 @@ def test_cli_errors_name_the_id_or_the_line(ref, tmp_path):  # noqa: F811
     assert r.stderr.strip().splitlines()[-1] == (
         "error: --history: item 999 is not in the catalogue (ids 1..30)"
     )
+    assert "warning" not in r.stderr  # a finished run
+    r = _cli(f"--workdir={ref}", "--history=3 \u0663")  # Arabic-Indic three
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        "error: --history: item '\u0663' is not in the catalogue: ids are written "
+        "in ASCII digits 0-9"
+    )
     users = tmp_path / "users.txt"
     users.write_text("1 3 4\n2 5 77\n")
     r = _cli(f"--workdir={ref}", f"--users_file={users}")
     assert r.returncode == 1
     assert f"{users}:2: item 77 is not in the catalogue" in r.stderr
+    r = _cli(f"--workdir={ref}", f"--users_file={tmp_path}")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path}: is a directory, not a sequence file"
+    )
+
+
+def test_cli_on_an_unfinished_run_answers_with_a_warning(ref, tmp_path):  # noqa: F811
+    wd = tmp_path / "wd"  # as a run still training (or killed) leaves it
+    shutil.copytree(ref, wd, ignore=shutil.ignore_patterns("results.json"))
+    r = _cli(f"--workdir={wd}", "--history=3 4", "--top_n=2")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["items"]) == 2
+    warnings = [x for x in r.stderr.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"warning: {wd} has no results.json: training has not finished; answering "
+        f"with the best params so far (checkpoint after {CFG.epochs} epochs, best "
+        "validation at epoch "
+    )
+    assert not Recommender.from_workdir(str(wd)).finished
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -68,12 +69,21 @@ def naive(mech, a, mask, w):
     return _softmax_rows(b, mask)
 
 
+def _mask(kind):
+    """Position 0 pads; ``causal`` adds the causal mask, ``bidirectional`` not."""
+    valid = np.arange(N) > 0
+    mask = valid[:, None] & valid[None, :]
+    return mask & np.tril(np.ones((N, N), bool)) if kind == "causal" else mask
+
+
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
 @pytest.mark.parametrize("mech", ["simp", "value", "add", "stoc"])
-def test_refinement_matches_naive_loops(mech):
+def test_refinement_matches_naive_loops(mech, kind):
+    # The naive value masks its inner attention with the same mask: causal in
+    # one case, padding only (every real row) in the other.
     rng = np.random.default_rng(0)
     a = rng.normal(size=(N, N))
-    mask = np.tril(np.ones((N, N), bool))
-    mask[:, 0] = False  # a padded first key
+    mask = _mask(kind)
     w = {k: rng.normal(size=(N, N)) * 0.5 for k in refine.param_names(mech)}
     got = refine.attention_weights(
         jnp.asarray(a, jnp.float32),
@@ -143,3 +153,110 @@ def test_unknown_mech_and_input_are_refused():
             refine_input="x",
             d_head=1,
         )
+
+
+def test_registry_records():
+    assert list(refine.MECHANISMS) == [
+        "none", "simp", "value", "add", "stoc", "value_literal",
+    ]  # fmt: skip
+    for name, m in refine.MECHANISMS.items():
+        assert m.name == name and (m.fn is None) == (name == "none")
+        assert (m.param_names == ()) == (m.fn is None)
+        assert refine.param_names(name) == m.param_names
+    # A matrix name means the same everywhere: trim_params cuts by name alone.
+    for m1 in refine.MECHANISMS.values():
+        for m2 in refine.MECHANISMS.values():
+            for k in set(m1.param_names) & set(m2.param_names):
+                assert (k in m1.key_columns) == (k in m2.key_columns)
+    assert [k for k, m in refine.MECHANISMS.items() if m.leaks] == ["value_literal"]
+    assert [k for k, m in refine.MECHANISMS.items() if m.gaussian] == ["stoc"]
+    with pytest.raises(ValueError, match="key_columns"):
+        refine.Mechanism("x", refine.simp, ("W_RQ",), frozenset({"W_RV"}))
+
+
+def _params(mech, m, rng):
+    return {
+        k: jnp.asarray(rng.normal(size=(m, m)) * 0.5, jnp.float32)
+        for k in refine.param_names(mech)
+    }
+
+
+def _weights(mech, a, mask, w, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # value_literal warns
+        return refine.attention_weights(
+            a, mask=mask, mech=mech, params=w, d_head=D_HEAD, **kw
+        )
+
+
+@pytest.mark.parametrize("refine_input", ["scores", "probs"])
+@pytest.mark.parametrize("mech", ["simp", "value", "add", "stoc"])
+def test_bidirectional_padding_never_reaches_real_positions(mech, refine_input):
+    # Padding-only mask (an encoder): whatever sits in a padded row or column
+    # of the scores leaves every real row of P unchanged.
+    rng = np.random.default_rng(3)
+    valid = np.array([False, False, True, True, True])
+    mask = jnp.asarray(valid[:, None] & valid[None, :])
+    a = rng.normal(size=(2, N, N))
+    w = _params(mech, N, rng)
+    p = _weights(mech, jnp.asarray(a, jnp.float32), mask, w, refine_input=refine_input)
+    pad = ~(valid[:, None] & valid[None, :])
+    a2 = np.where(pad, rng.normal(size=a.shape) * 10, a)
+    p2 = _weights(
+        mech, jnp.asarray(a2, jnp.float32), mask, w, refine_input=refine_input
+    )
+    np.testing.assert_allclose(p2[:, valid], p[:, valid], atol=1e-6)
+    # Not causal: a later real key changes an earlier real row.
+    a3 = a.copy()
+    a3[:, 3:, 4] += 1.0
+    p3 = _weights(
+        mech, jnp.asarray(a3, jnp.float32), mask, w, refine_input=refine_input
+    )
+    assert not np.allclose(p3[:, 2], p[:, 2], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("mech", ["simp", "value", "add", "stoc", "value_literal"])
+def test_shorter_input_equals_the_padded_full_input(mech, padding, kind):
+    # Matrices for m = 8 positions; an input of n = 5 (2 of them padding), and
+    # the same sequence padded to 8 on the stated side: the same weights.
+    m, n, real = 8, 5, 3
+    rng = np.random.default_rng(4)
+    w = _params(mech, m, rng)
+
+    def layout(length):
+        pos = np.arange(length)
+        valid = pos >= length - real if padding == "left" else pos < real
+        mask = valid[:, None] & valid[None, :]
+        if kind == "causal":
+            mask &= np.tril(np.ones((length, length), bool))
+        return valid, jnp.asarray(mask)
+
+    scores = rng.normal(size=(3, real, real))
+    full = np.zeros((3, m, m), np.float32)
+    short = np.zeros((3, n, n), np.float32)
+    sl = slice(m - real, m) if padding == "left" else slice(0, real)
+    ss = slice(n - real, n) if padding == "left" else slice(0, real)
+    full[:, sl, sl] = scores
+    short[:, ss, ss] = scores
+    (_, mask_m), (_, mask_n) = layout(m), layout(n)
+    p_full = _weights(mech, jnp.asarray(full), mask_m, w)
+    p_short = _weights(mech, jnp.asarray(short), mask_n, w, padding=padding)
+    np.testing.assert_allclose(p_short[:, ss, ss], p_full[:, sl, sl], atol=1e-6)
+    # The other side's cut is another model: it must differ.
+    other = {"left": "right", "right": "left"}[padding]
+    p_other = _weights(mech, jnp.asarray(short), mask_n, w, padding=other)
+    assert not np.allclose(p_other[:, ss, ss], p_full[:, sl, sl], atol=1e-4)
+
+
+def test_trim_params_right_padding_takes_the_leading_block():
+    w = {k: jnp.arange(36.0).reshape(6, 6) for k in ("W_RQ", "W_RV")}
+    left = refine.trim_params(w, 4)
+    right = refine.trim_params(w, 4, padding="right")
+    np.testing.assert_array_equal(left["W_RQ"], w["W_RQ"][2:])
+    np.testing.assert_array_equal(left["W_RV"], w["W_RV"][2:, 2:])
+    np.testing.assert_array_equal(right["W_RQ"], w["W_RQ"][:4])
+    np.testing.assert_array_equal(right["W_RV"], w["W_RV"][:4, :4])
+    with pytest.raises(ValueError, match="padding='middle'"):
+        refine.trim_params(w, 4, padding="middle")

@@ -1,4 +1,4 @@
-"""awrsr_jax.search: spaces, hashes, shape groups, the atomic results table, cells."""
+"""Search spaces, hashes and shape groups; result tables, cells and dataset names."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from awrsr_jax import search
+from awrsr_jax import datasets, results, search
 from awrsr_jax.config import Config
 
 
@@ -67,17 +67,17 @@ def test_shape_groups_pool_hparams_and_split():
 
 def test_result_table_roundtrip_replace_and_atomic(tmp_path):
     path = tmp_path / "t" / "results.jsonl"
-    table = search.ResultTable(path)
+    table = results.ResultTable(path)
     assert len(table) == 0
     table.add([{"hash": "a", "v": 1}, {"hash": "b", "v": 2}])
     table.add([{"hash": "a", "v": 3}])
-    again = search.ResultTable(path)
+    again = results.ResultTable(path)
     assert "a" in again and len(again) == 2 and again.records["a"]["v"] == 3
     assert len(path.read_text().splitlines()) == 2
     assert os.listdir(path.parent) == ["results.jsonl"]  # no temporary left over
     path.write_text(path.read_text() + "{broken\n")
     with pytest.raises(ValueError, match=r"results.jsonl:3"):
-        search.ResultTable(path)
+        results.ResultTable(path)
 
 
 def test_best_record_uses_validation_only():
@@ -96,49 +96,80 @@ def test_best_record_uses_validation_only():
         },
         {"hash": "c", "status": "failed"},
     ]
-    assert search.best_record(recs)["hash"] == "b"
-    assert search.best_record(recs[2:]) is None
+    assert results.best_record(recs)["hash"] == "b"
+    assert results.best_record(recs[2:]) is None
 
 
 def test_varying_fields():
     recs = [{"config": {"lr": 0.1, "l2": 0.0}}, {"config": {"lr": 0.2, "l2": 0.0}}]
-    assert search.varying_fields(recs) == ["lr"]
+    assert results.varying_fields(recs) == ["lr"]
 
 
 def test_cells_and_manifest(tmp_path):
+    from experiments.reproduce import cell_name
+
     cfg = Config(mech="add", layers=3)
-    name = search.cell_name("beauty", cfg, "sha", [0, 1])
+    name = cell_name("beauty", cfg, "sha", [0, 1])
     assert name.startswith("beauty-sasrec-add-L3-scores-")
-    assert name != search.cell_name("beauty", cfg, "sha", [0, 1, 2])
+    assert name != cell_name("beauty", cfg, "sha", [0, 1, 2])
+    assert cell_name("/data/x/mine.txt", cfg, "sha", [0]).startswith("mine.txt-")
     cell = tmp_path / "cells" / name
     cell.mkdir(parents=True)
-    assert not search.cell_done(cell)
+    assert not results.is_done(cell)
     np.save(cell / "test_ranks.npy", np.array([[1, 5], [2, 7]], np.int32))
-    (cell / "results.json").write_text(json.dumps({"status": "ok"}))
-    res, ranks = search.load_cell(cell)
-    assert res == {"status": "ok"} and ranks.tolist() == [[1, 5], [2, 7]]
+    (cell / "config.json").write_text(json.dumps({"config": {}}))
+    (cell / "results.json").write_text(json.dumps({"status": "ok", "test": {"a": 1}}))
+    run = results.read_run(cell)
+    assert run["results"] == {"status": "ok", "test": [{"a": 1}]}
+    assert run["ranks"].tolist() == [[1, 5], [2, 7]]
     key = dict(dataset="beauty", backbone="sasrec", refine_input="scores")
     entries = [  # read back in the paper's mechanism order: none before add
         dict(key, mech="add", layers=3, cell=f"cells/{name}"),
         dict(key, mech="none", layers=3, cell="cells/missing"),
     ]
     (tmp_path / "table2.json").write_text(json.dumps({"entries": entries}))
-    info, cells = search.load_manifest(tmp_path, "2")
-    assert [e["mech"] for e, _, _ in cells] == ["none", "add"]
-    assert cells[1][1] == {"status": "ok"} and cells[0][1:] == (None, None)
+    info, cells = results.load_manifest(tmp_path, "2")
+    assert [e["mech"] for e, _ in cells] == ["none", "add"]
+    assert cells[1][1]["results"]["status"] == "ok" and cells[0][1] is None
 
 
-def test_load_dataset_names(tmp_path):
-    label, seqs = search.load_dataset("smoke")
-    assert label == "smoke" and len(seqs) == search.SMOKE_DATA["num_users"]
-    assert search.load_dataset("smoke")[1] == seqs  # seeded
+def test_sample_is_a_seeded_subset_in_order():
+    configs, _ = search.expand(Config(), {"lr": [1e-3, 1e-4], "l2": [0.1, 0.01, 0.0]})
+    picked = search.sample(configs, 3, seed=1)
+    assert len(picked) == 3 and picked == search.sample(configs, 3, seed=1)
+    assert [configs.index(c) for c in picked] == sorted(
+        configs.index(c) for c in picked
+    )
+    assert search.sample(configs, 10) == configs
+    with pytest.raises(ValueError, match="--sample=0"):
+        search.sample(configs, 0)
+
+
+def test_dataset_names(tmp_path):
+    ds = datasets.load("smoke")
+    assert ds.name == "smoke" and len(ds.sequences) == datasets.SMOKE_DATA["num_users"]
+    assert datasets.load("smoke").sequences == ds.sequences  # seeded
     f = tmp_path / "mine.txt"
     f.write_text("1 3 4 5\n2 4 5 6\n")
-    assert search.load_dataset(str(f)) == ("mine", {1: [3, 4, 5], 2: [4, 5, 6]})
+    mine = datasets.load(str(f))
+    assert (mine.name, mine.sequences) == ("mine", {1: [3, 4, 5], 2: [4, 5, 6]})
     with pytest.raises(ValueError, match="choose from"):
-        search.load_dataset("netflix")
+        datasets.load("netflix")
+
+
+def test_a_data_file_given_is_the_data_used(tmp_path):
+    f = tmp_path / "mine.txt"
+    f.write_text("1 3 4 5\n2 4 5 6\n")
+    assert datasets.from_flags(None, str(f)).sequences == {1: [3, 4, 5], 2: [4, 5, 6]}
+    assert datasets.from_flags("file", str(f)).path == str(f)
+    with pytest.raises(ValueError, match="--dataset=synthetic and --data_file="):
+        datasets.from_flags("synthetic", str(f))
+    with pytest.raises(ValueError, match="is a directory"):
+        datasets.from_flags(None, str(tmp_path))
+    with pytest.raises(ValueError, match="--data_file: required"):
+        datasets.from_flags("file", None)
 
 
 def test_benchmark_beauty_is_found(shared_data):
-    label, seqs = search.load_dataset("beauty")
-    assert label == "beauty" and len(seqs) == 22363
+    ds = datasets.load("beauty")
+    assert ds.name == "beauty" and len(ds.sequences) == 22363

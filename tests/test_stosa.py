@@ -15,14 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awrsr_jax import evaluate, models, train
+from awrsr_jax import models, registry, train
 from awrsr_jax.config import Config, validate
 from awrsr_jax.data import build, generate
 from awrsr_jax.models.stosa import STOSA, w2_sq_paired
 from awrsr_jax.ops import losses, refine
+from tests.conftest import check_item_chunks_match_whole_catalogue
 
 L, V = 7, 30
-MECHS = ["none", "simp", "value", "add", "stoc"]
+MECHS = list(registry.BACKBONES["stosa"].table_mechs)
 
 
 def _cfg(**kw):
@@ -260,23 +261,8 @@ def test_item_chunked_ranks_and_top_k_match_the_whole_catalogue():
     keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
     noisy = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
     params = jax.tree.unflatten(tree, noisy)
-    full = evaluate.eval_ranks(cfg, params, data, "test")
-    chunked = evaluate.eval_ranks(cfg, params, data, "test", item_chunk=7)
-    np.testing.assert_array_equal(full, chunked)
-
-    model = models.build(cfg, data.num_items)
-    inp, hist = data.test_inp, data.eval_hist
-    state = model.apply(params, inp, method="user_state")
-
-    def score(ids):
-        return model.apply(params, state, ids, method="score_items")
-
-    top, ids = evaluate.top_k_items(score, hist, data.num_items, 5, ic=7)
-    scores = model.apply(params, inp, method="score_all")
-    where = evaluate.candidate_mask(hist, data.num_items)
-    ref_top, ref_ids = jax.lax.top_k(jnp.where(where, scores, -jnp.inf), 5)
-    np.testing.assert_array_equal(ids, ref_ids)
-    np.testing.assert_allclose(top, ref_top, rtol=1e-6)
+    score, scores = check_item_chunks_match_whole_catalogue(cfg, params, data)
+    # STOSA's score_items also gives score_all's scores for every item.
     rows = jnp.broadcast_to(jnp.arange(data.num_items + 1), scores.shape)
     np.testing.assert_allclose(score(rows), scores, rtol=1e-6)
 

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awrsr_jax import evaluate, models, train
+from awrsr_jax import train
 from awrsr_jax.data import build, generate, sampling
 from awrsr_jax.ops import attention as att
-from tests.conftest import tiny_config
+from tests.conftest import check_item_chunks_match_whole_catalogue, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -141,23 +141,7 @@ def test_masked_softmax_derivative_matches_autodiff():
 def test_item_chunked_ranks_and_top_k_match_the_whole_catalogue(tiny_data):
     cfg = tiny_config(eval_chunk=16)
     params = train.init_member(cfg, tiny_data.num_items, 0)["params"]
-    full = evaluate.eval_ranks(cfg, params, tiny_data, "test")
-    chunked = evaluate.eval_ranks(cfg, params, tiny_data, "test", item_chunk=7)
-    np.testing.assert_array_equal(full, chunked)
-
-    model = models.build(cfg, tiny_data.num_items)
-    inp, hist = tiny_data.test_inp, tiny_data.eval_hist
-    state = model.apply(params, inp, method="user_state")
-
-    def score(ids):
-        return model.apply(params, state, ids, method="score_items")
-
-    top, ids = evaluate.top_k_items(score, hist, tiny_data.num_items, 5, ic=7)
-    scores = model.apply(params, inp, method="score_all")
-    where = evaluate.candidate_mask(hist, tiny_data.num_items)
-    ref_top, ref_ids = jax.lax.top_k(jnp.where(where, scores, -jnp.inf), 5)
-    np.testing.assert_array_equal(ids, ref_ids)
-    np.testing.assert_allclose(top, ref_top, rtol=1e-6)
+    check_item_chunks_match_whole_catalogue(cfg, params, tiny_data)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Trimmed row groups in training: the same loss and gradient as the full batch.
 
-``train._trimmed_loss_and_grad`` sorts a batch by input length, cuts each group of
+``train.trim.trimmed_loss_and_grad`` sorts a batch by input length, cuts each group of
 rows to its own length and weights each group's mean loss by its share of the
 targets. With dropout off this must equal the full-length batch loss and its
 gradient for every backbone and refinement, and a one-member epoch with groups
@@ -17,7 +17,7 @@ import pytest
 from awrsr_jax import train
 from awrsr_jax.data.dataset import build
 from awrsr_jax.data.synthetic import generate
-from tests.conftest import tiny_config
+from tests.conftest import mech_config, tiny_config
 
 N = 20  # max_len: widths 8, 16, 20
 
@@ -51,15 +51,7 @@ def _batch(data, rows, real):
 def test_trimmed_gradient_equals_the_full_batch_gradient(
     data, backbone, mech, refine_input
 ):
-    cfg = tiny_config(
-        backbone=backbone,
-        mech=mech,
-        refine_input=refine_input,
-        max_len=N,
-        heads=2,
-        layers=1,
-        l2=0.1,
-    )
+    cfg = mech_config(backbone, mech, refine_input, max_len=N, l2=0.1)
     params = jax.tree.map(
         lambda x: x[0], train.init_state(cfg, data.num_items, [4])["params"]
     )
@@ -69,10 +61,10 @@ def test_trimmed_gradient_equals_the_full_batch_gradient(
     seq, pos, neg = _batch(data, rows, real)
     assert int(jnp.sum(seq > 0, 1).min()) < 8 < int(jnp.sum(seq > 0, 1).max())
     key = jax.random.PRNGKey(2)
-    (ref_total, ref_loss), ref_g = jax.value_and_grad(train._loss_fn, has_aux=True)(
+    (ref_total, ref_loss), ref_g = jax.value_and_grad(train.step.loss_fn, has_aux=True)(
         params, cfg, data.num_items, hp, seq, pos, neg, key
     )
-    loss, grads, penalty = train._trimmed_loss_and_grad(
+    loss, grads, penalty = train.trim.trimmed_loss_and_grad(
         params, cfg, data.num_items, hp, seq, pos, neg, key, 4
     )
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)

@@ -94,6 +94,19 @@ def test_w2_scores_per_head_layout():
             )
 
 
+def test_w2_scores_refuses_other_layouts_in_words():
+    mq, sq = _gaussians(jax.random.key(8), (2, 3, 4, 5))  # heads-first [B, H, Q, D]
+    mk, sk = _gaussians(jax.random.key(9), (2, 3, 6, 5))
+    with pytest.raises(ValueError, match=r"w2_scores: .*\[B, L, H, D\].*swapaxes"):
+        att.w2_scores(mq, sq, mk, sk)
+    with pytest.raises(ValueError, match=r"axis 2 is 4, not num_heads=3"):
+        att.w2_scores(mq, sq, mq, sq, num_heads=3)
+    with pytest.raises(ValueError, match=r"'mu_q': \(2, 3, 4, 5\), 'sigma_q'"):
+        att.w2_scores(mq, sq[..., :4], mq, sq)
+    with pytest.raises(ValueError, match=r"mu_k has shape \(3, 6, 5\)"):
+        att.w2_scores(mq, sq, mk[0], sk[0])
+
+
 def test_elu_plus_one():
     x = jnp.array([-2.0, -0.5, 0.0, 1.5])
     np.testing.assert_allclose(

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from awrsr_jax.data.checks import check_trainable
+
 
 def leave_one_out(seqs: dict[int, list[int]]):
     """Returns ``(train, valid, test)``; valid/test map user -> (input, target)."""
@@ -115,16 +117,24 @@ def fingerprint(seqs: dict[int, list[int]]) -> str:
     return h.hexdigest()
 
 
-def build(seqs: dict[int, list[int]], max_len: int, num_items: int | None = None):
-    """Splits ``seqs`` and returns ``(SeqData, eval_users)`` (users as numpy)."""
+def build(
+    seqs: dict[int, list[int]],
+    max_len: int,
+    num_items: int | None = None,
+    *,
+    where: str = "sequences",
+):
+    """Splits ``seqs`` and returns ``(SeqData, eval_users)`` (users as numpy).
+
+    Data that cannot be trained or evaluated raises ``ValueError`` naming
+    ``where`` (see :func:`~awrsr_jax.data.checks.check_trainable`), before any
+    array is made: ids are checked on the host because inside jit an
+    out-of-range gather is clamped silently.
+    """
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
+    check_trainable(seqs, where=where, num_items=num_items)
     n_items = num_items_of(seqs) if num_items is None else num_items
-    # Host-side id check: inside jit an out-of-range gather is clamped silently.
-    for u, s in seqs.items():
-        bad = [x for x in s if not 1 <= x <= n_items]
-        if bad:
-            raise ValueError(f"user {u}: item {bad[0]} outside 1..{n_items}")
     train, valid, test = leave_one_out(seqs)
     rows = [s for s in train.values() if len(s) >= 2]
     hist = [np.unique(np.asarray(s, np.int32)) for s in train.values() if len(s) >= 2]

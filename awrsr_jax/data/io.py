@@ -8,16 +8,30 @@ Two layouts are read:
 
 ``fmt="auto"`` picks ``pairs`` when every line has exactly two fields and some
 user occurs on more than one line, else ``user-line``. Ids are positive integers
-(0 is the padding id). Every problem raises :class:`DataFileError` naming the
-path, the 1-based line and the offending text.
+in ASCII digits (0 is the padding id); fields are separated by spaces or tabs.
+Every problem raises :class:`DataFileError` naming the path, the 1-based line
+and the offending text.
+
+Tolerated: a UTF-8 byte-order mark, blank lines, a last line without a newline,
+and any one line-end convention: LF, CRLF, or CR alone (classic Mac OS; each CR
+ends a line, so line numbers match an editor's). A lone CR in a file that also
+has LF line ends is refused (the line is named): it could be a line end or a
+stray byte, and guessing would change the sequences. A directory, or a file
+that cannot be opened, is refused naming the path.
 """
 
 from __future__ import annotations
 
 import os
+import re
+
+from awrsr_jax import files
 
 FORMATS = ("auto", "user-line", "pairs")
 MAX_ID = 2**31 - 1
+_ID = re.compile(r"[0-9]+")  # str.isdigit would also take "٣" or "²"
+_FIELD_SEP = re.compile(r"[ \t]+")
+_LONE_CR = re.compile(rb"\r(?!\n|\Z)")  # a CR that ends no CRLF and not the file
 
 
 class DataFileError(ValueError):
@@ -32,26 +46,52 @@ class DataFileError(ValueError):
         self.path, self.line = path, line
 
 
-def _parse_lines(path):
+def _read_bytes(path) -> bytes:
+    if os.path.isdir(path):
+        raise DataFileError(path, None, "is a directory, not a sequence file")
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except OSError as e:
         raise DataFileError(path, None, f"cannot read ({e.strerror})") from None
+
+
+def _split_lines(path, raw: bytes) -> list[bytes]:
+    """Lines without their ends, for LF, CRLF or CR-only files (see above)."""
+    lone = _LONE_CR.search(raw)
+    if lone is None:
+        return [line.rstrip(b"\r") for line in raw.split(b"\n")]
+    if b"\n" not in raw:  # CR-only line ends
+        return raw.split(b"\r")
+    i = raw.count(b"\n", 0, lone.start()) + 1
+    start = raw.rfind(b"\n", 0, lone.start()) + 1
+    end = raw.find(b"\n", lone.start())
+    text = raw[start : end if end >= 0 else len(raw)].decode("ascii", "replace")
+    raise DataFileError(
+        path,
+        i,
+        "carriage return inside a line (mixed CR and LF line ends? convert the "
+        "file to LF line ends)",
+        text,
+    )
+
+
+def _parse_lines(path):
+    raw = _read_bytes(path)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     rows = []
-    for i, line in enumerate(raw.split(b"\n"), start=1):
+    for i, line in enumerate(_split_lines(path, raw), start=1):
         try:
-            text = line.decode("ascii").rstrip("\r")
+            text = line.decode("ascii")
         except UnicodeDecodeError:
             raise DataFileError(path, i, "non-ASCII bytes", repr(line)) from None
         if not text.strip():
             continue
-        fields = text.split()
+        fields = _FIELD_SEP.split(text.strip(" \t"))
         ids = []
         for tok in fields:
-            if not tok.isdigit():
+            if not _ID.fullmatch(tok):
                 raise DataFileError(
                     path, i, f"not a positive integer id ({tok!r})", text
                 )
@@ -119,11 +159,8 @@ def read_sequences(
 
 
 def write_sequences(path: str | os.PathLike, seqs: dict[int, list[int]]) -> None:
-    """Writes the user-line layout atomically (temporary file, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    """Writes the user-line layout atomically (:func:`awrsr_jax.files.atomic_open`)."""
+    with files.atomic_open(path) as f:
         f.writelines(
             " ".join(map(str, [u, *items])) + "\n" for u, items in seqs.items()
         )
-    os.replace(tmp, path)

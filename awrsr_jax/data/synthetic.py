@@ -23,8 +23,21 @@ def generate(
     seed: int = 0,
 ) -> dict[int, list[int]]:
     """Returns ``{user: items}`` with users ``1..num_users``, items ``1..num_items``."""
+    if num_users < 1:
+        raise ValueError(f"num_users must be >= 1, got {num_users}")
+    if not 1 <= min_len <= max_len:
+        raise ValueError(
+            f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}"
+        )
+    if num_successors < 1:
+        raise ValueError(f"num_successors must be >= 1, got {num_successors}")
+    if not 0.0 <= p_follow <= 1.0:
+        raise ValueError(f"p_follow must be in [0, 1], got {p_follow}")
     if num_items <= max_len + num_successors:
-        raise ValueError("num_items must exceed max_len + num_successors")
+        raise ValueError(
+            f"num_items must exceed max_len + num_successors, got num_items="
+            f"{num_items}, max_len={max_len}, num_successors={num_successors}"
+        )
     rng = np.random.default_rng(seed)
     succ = np.stack(
         [rng.choice(num_items, num_successors, replace=False) for _ in range(num_items)]

@@ -1,22 +1,25 @@
-"""Flax Linen backbones, picked by name.
+"""Flax Linen backbones, built from a config through their registry record.
 
-Every backbone module offers the same methods, which ``train.py`` relies on:
-``__call__(seq, train)``, ``score_all(seq) -> [B, V]`` (higher is better),
-``loss(seq, pos, neg, train) -> scalar`` and ``l2_penalty() -> scalar``.
+Every backbone module offers the same methods, which :mod:`awrsr_jax.train`
+relies on: ``__call__(seq, train)``, ``score_all(seq) -> [B, V]`` (higher is
+better), ``loss(seq, pos, neg, train) -> scalar`` and ``l2_penalty() ->
+scalar``. Which module a backbone uses, and which config fields it takes
+beyond the shared ones, is in :data:`awrsr_jax.registry.BACKBONES`.
 """
 
 from __future__ import annotations
 
+from awrsr_jax import registry
 from awrsr_jax.config import Config
-from awrsr_jax.models.sasrec import SASRec
 
 
 def build(cfg: Config, num_items: int, *, dropout=None, pvn_weight=None):
     """The backbone of ``cfg``. ``dropout`` and ``pvn_weight`` override the
     config's and may be traced per-member values (vmapped sweeps)."""
+    record = registry.backbone(cfg.backbone)
     dropout = cfg.dropout if dropout is None else dropout
-    pvn_weight = cfg.pvn_weight if pvn_weight is None else pvn_weight
-    common = dict(
+    traced = {"pvn_weight": cfg.pvn_weight if pvn_weight is None else pvn_weight}
+    return record.module_class()(
         num_items=num_items,
         max_len=cfg.max_len,
         hidden=cfg.hidden,
@@ -27,16 +30,5 @@ def build(cfg: Config, num_items: int, *, dropout=None, pvn_weight=None):
         refine_input=cfg.refine_input,
         per_head=cfg.per_head,
         loss_type=cfg.loss_type,
+        **{arg: traced.get(f, getattr(cfg, f)) for arg, f in record.extra.items()},
     )
-    if cfg.backbone == "sasrec":
-        return SASRec(**common)
-    if cfg.backbone == "stosa":
-        from awrsr_jax.models.stosa import STOSA
-
-        return STOSA(
-            **common,
-            attn_dropout=cfg.attn_dropout,
-            pvn_weight=pvn_weight,
-            mean_passthrough=cfg.stosa_mean_passthrough,
-        )
-    raise ValueError(f"unknown backbone {cfg.backbone!r}")

@@ -1,6 +1,6 @@
 """Three-product vs two-product ``R S^T`` in training epochs, alternated in one process.
 
-    PYTHONPATH=. python results/ab_refine.py DATA_FILE MAX_LEN MECH REPS
+    PYTHONPATH=. python benchmarks/ab_refine.py DATA_FILE MAX_LEN MECH REPS
 
 ``refine._rs_logits`` forms ``a (W_RQ W_RK^T) a^T`` (two ``n^3`` products per
 batch row). This compiles SASRec's epoch function (hidden 50, 2 layers, 1

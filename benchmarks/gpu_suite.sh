@@ -3,7 +3,7 @@
 # machine with the benchmark files in .gpu/data and the tqdm wheel in .gpu/whl
 # (both carried, neither committed). Every stage has its own time limit and
 # writes its log to $OUT as it goes; runs/ is packed into $OUT/runs.tgz at the end.
-#   SMOKE=1 bash results/gpu_suite.sh   # the same pipeline on tiny settings (CPU)
+#   SMOKE=1 bash benchmarks/gpu_suite.sh   # the same pipeline on tiny settings (CPU)
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT" runs
 export PYTHONUNBUFFERED=1 AWRSR_DATA_DIR=$PWD/.gpu/data

@@ -1,6 +1,6 @@
 """Trimmed vs full-length training epochs, alternated in one process.
 
-    PYTHONPATH=. python results/ab_trim.py DATA_FILE MAX_LEN MEMBERS REPS [sasrec|stosa]
+    PYTHONPATH=. python benchmarks/ab_trim.py DATA_FILE MAX_LEN MEMBERS REPS [sasrec|stosa]
 
 Compiles the epoch function with ``trim_rows=16`` and with ``trim_rows=0`` and
 then alternates their epochs (one warm-up epoch each, then ``REPS`` timed), so

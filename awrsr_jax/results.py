@@ -1,0 +1,119 @@
+"""Reading what runs wrote: workdirs, manifests of tables, and result tables.
+
+* :func:`read_run` loads a workdir written by :func:`awrsr_jax.runner.run`
+  (``config.json``, ``results.json``, ``test_ranks.npy``), with the
+  per-member values as lists whatever the member count.
+* A reproduce table's ``table<N>.json`` manifest lists its cells (workdirs);
+  :func:`load_manifest` loads them in the paper's order.
+* :class:`ResultTable` is a grid's JSON-lines table, one record per config
+  hash, rewritten atomically after every update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+
+from awrsr_jax import files, registry
+from awrsr_jax.ops.refine import MECHANISMS
+
+
+def as_list(x) -> list:
+    """Per-member values of ``results.json`` as a list (one member: a dict)."""
+    return x if isinstance(x, list) else [x]
+
+
+def is_done(workdir) -> bool:
+    """A run is finished (or failed) once its ``results.json`` exists: written last."""
+    return os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def read_run(workdir) -> dict:
+    """``{dir, config, results, ranks}`` of a finished run; ``results``'
+    ``valid``, ``test`` and ``best_epoch`` are lists (one entry per member) and
+    ``ranks`` is ``int[M, U]`` (None for a failed run)."""
+    workdir = os.fspath(workdir)
+    config = files.read_json(os.path.join(workdir, "config.json"))
+    results = files.read_json(os.path.join(workdir, "results.json"))
+    for key in ("valid", "test", "best_epoch"):
+        if key in results:
+            results[key] = as_list(results[key])
+    path = os.path.join(workdir, "test_ranks.npy")
+    ranks = None
+    if results.get("status", "ok") == "ok" and os.path.exists(path):
+        ranks = np.atleast_2d(np.load(path, allow_pickle=False))
+    return {"dir": workdir, "config": config, "results": results, "ranks": ranks}
+
+
+def _entry_order(e: dict) -> tuple:
+    mechs = tuple(MECHANISMS)
+    rank = mechs.index(e["mech"]) if e["mech"] in mechs else len(mechs)
+    bbs = tuple(registry.BACKBONES)
+    bb = bbs.index(e["backbone"]) if e["backbone"] in bbs else len(bbs)
+    return e["dataset"], bb, rank, e["layers"], e["refine_input"]
+
+
+def load_manifest(results_dir, table: str) -> tuple[dict, list]:
+    """A reproduce table's ``table<N>.json`` and its cells, loaded:
+    ``(info, [(entry, run or None)])`` (None: not finished), in a fixed order
+    (dataset, backbone, mechanism in registry order, layers, refinement
+    input), whichever command trained which."""
+    info = files.read_json(os.path.join(results_dir, f"table{table}.json"))
+    cells = []
+    for e in sorted(info["entries"], key=_entry_order):
+        d = os.path.join(results_dir, e["cell"])
+        cells.append((e, read_run(d) if is_done(d) else None))
+    return info, cells
+
+
+class ResultTable:
+    """A JSON-lines file of records keyed by ``record["hash"]``.
+
+    :meth:`add` replaces the whole file atomically, so readers see the table
+    before or after an update, never half of one. A line that does not parse
+    raises (naming the line) rather than silently re-running configs.
+    """
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        self.records: dict[str, dict] = {}
+        if self.path.exists():
+            for i, line in enumerate(self.path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    self.records[rec["hash"]] = rec
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{self.path}:{i}: bad record ({e})") from None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, records: list[dict]) -> None:
+        for rec in records:
+            self.records[rec["hash"]] = rec
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps(r, sort_keys=True) for r in self.records.values()]
+        files.write_text(self.path, "".join(line + "\n" for line in lines))
+
+
+def best_record(records, metric: str = "NDCG@5") -> dict | None:
+    """The finished record with the highest validation ``metric`` (first on ties)."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    return max(ok, key=lambda r: r["valid"][metric], default=None)
+
+
+def varying_fields(records) -> list[str]:
+    """Config fields whose value differs between records (sorted)."""
+    values: dict[str, set] = {}
+    for r in records:
+        for k, v in r["config"].items():
+            values.setdefault(k, set()).add(json.dumps(v))
+    return sorted(k for k, vs in values.items() if len(vs) > 1)

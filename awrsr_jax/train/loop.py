@@ -1,0 +1,225 @@
+"""The early-stopping loop over compiled epochs, and its resumable state.
+
+:func:`fit` trains M members (:mod:`awrsr_jax.train.members`) with early
+stopping on validation NDCG@5 each; :class:`LoopState` is everything it needs
+to continue (what a checkpoint holds); :func:`finish` evaluates each member's
+best parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from awrsr_jax import evaluate, parallel
+from awrsr_jax.config import Config
+from awrsr_jax.data.dataset import SeqData
+from awrsr_jax.train import members
+from awrsr_jax.train.trim import trim_rows
+
+SELECT = "NDCG@5"  # model selection metric on validation
+
+
+@dataclasses.dataclass
+class LoopState:
+    """Everything the early-stopping loop needs to continue: a checkpoint.
+
+    ``state`` and ``best_params`` live on the device (leading member axis); the
+    rest are host arrays of length M. ``epoch`` is the next epoch to run.
+    """
+
+    epoch: int
+    state: dict
+    best_params: dict
+    best: np.ndarray  # best validation NDCG@5 so far
+    best_epoch: np.ndarray
+    bad: np.ndarray  # evaluations since the last improvement
+    active: np.ndarray
+    seconds: list  # wall seconds of each epoch call in which every member trained
+
+    @classmethod
+    def _of(cls, state, best_params, m: int) -> LoopState:
+        return cls(
+            epoch=0,
+            state=state,
+            best_params=best_params,
+            best=np.full(m, -np.inf),
+            best_epoch=np.full(m, -1),
+            bad=np.zeros(m, np.int64),
+            active=np.ones(m, bool),
+            seconds=[],
+        )
+
+    @classmethod
+    def start(cls, cfg: Config, num_items: int, seeds) -> LoopState:
+        state = members.init_state(cfg, num_items, seeds)
+        return cls._of(state, jax.tree.map(jnp.copy, state["params"]), len(seeds))
+
+    @classmethod
+    def template(cls, cfg: Config, num_items: int, seeds) -> LoopState:
+        """Shapes and dtypes only (nothing computed): a target to restore into."""
+        state = jax.eval_shape(
+            members.init_fn(cfg, num_items), jnp.zeros(len(seeds), jnp.uint32)
+        )
+        return cls._of(state, state["params"], len(seeds))
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Per-member outcome: best epoch, validation and test metrics, and ranks."""
+
+    best_epoch: list[int]
+    epochs_run: int
+    valid: list[dict[str, float]]
+    test: list[dict[str, float]]
+    test_ranks: np.ndarray  # [M, Ue]
+    best_params: dict
+    seconds_per_epoch: float  # median over the epochs after the first in which
+    # every member trained: a stopped member would make later epochs cheaper
+
+
+def members_of(cfg: Config, seeds=None, sweep: dict | None = None) -> list[int]:
+    """The seeds of an ensemble: given, or ``cfg.seed + m`` for each sweep value."""
+    if seeds is not None:
+        return [int(s) for s in seeds]
+    m = len(next(iter(sweep.values()))) if sweep else 1
+    return [cfg.seed + i for i in range(m)]
+
+
+def fit(
+    cfg: Config,
+    data: SeqData,
+    *,
+    seeds=None,
+    sweep: dict | None = None,
+    loop: LoopState | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    after_epoch: Callable[[LoopState], bool | None] | None = None,
+    mesh=None,
+) -> FitResult:
+    """Trains M members with early stopping on validation NDCG@5 each.
+
+    A member whose validation NDCG@5 has not improved for ``cfg.patience``
+    evaluations is frozen (masked; the program keeps running for the others);
+    the loop ends when all are frozen or after ``cfg.epochs``. Test metrics come
+    from each member's best-validation parameters.
+
+    ``loop`` resumes from a saved :class:`LoopState`. ``on_epoch`` gets one
+    JSON-ready record per active member and epoch; ``after_epoch`` sees the loop
+    state after every epoch (to checkpoint it) and stops the run by returning
+    True.
+
+    ``mesh`` (:func:`parallel.mesh_for`): the data is replicated over it, and
+    the member-axis state, ``hp`` and ``active`` are replicated (``batch``
+    axis) or split (``members`` axis) by :func:`parallel.place_members`.
+    """
+    seeds = members_of(cfg, seeds, sweep)
+    hp = members.hparams(cfg, len(seeds), **(sweep or {}))
+    loop = loop or LoopState.start(cfg, data.num_items, seeds)
+    if mesh is not None:
+        data = parallel.replicate(data, mesh)
+        loop.state, loop.best_params, hp = parallel.place_members(
+            (loop.state, loop.best_params, hp), mesh
+        )
+    epoch_fn, eval_fn = members.compiled(
+        cfg.replace(trim_rows=trim_rows(cfg, data)), mesh
+    )
+    eval_key = jax.random.PRNGKey(cfg.seed + 10_000)
+    while loop.epoch < cfg.epochs and loop.active.any():
+        epoch, was_active = loop.epoch, loop.active.copy()
+        t0 = time.perf_counter()
+        active = parallel.place_members(jnp.asarray(was_active), mesh)
+        loop.state, stats = epoch_fn(loop.state, hp, active, data, epoch)
+        stats = jax.device_get(stats)
+        seconds = time.perf_counter() - t0
+        if was_active.all():  # a stopped member skips its (trimmed) epochs
+            loop.seconds.append(seconds)
+        check_finite(epoch, stats, loop.state["params"], was_active)
+        records = [
+            {
+                "epoch": epoch,
+                "member": m,
+                "loss": float(stats["loss"][m]),
+                "grad_norm": float(stats["grad_norm"][m]),
+                "seconds": seconds,
+            }
+            for m in range(len(seeds))
+        ]
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            _validate(cfg, loop, records, was_active, eval_fn, data, eval_key)
+        loop.epoch = epoch + 1
+        if on_epoch:
+            for m in np.flatnonzero(was_active):
+                on_epoch(records[m])
+        if after_epoch and after_epoch(loop):
+            break
+    return finish(cfg, data, loop, mesh=mesh)
+
+
+def _validate(cfg, loop, records, was_active, eval_fn, data, eval_key) -> None:
+    """Validation of every member after ``records``' epoch: updates the best
+    metric, best parameters, patience counters and ``active`` of ``loop``, and
+    adds ``valid`` and ``eval_seconds`` to the records of the active members."""
+    epoch = records[0]["epoch"]
+    t0 = time.perf_counter()
+    ranks = np.asarray(eval_fn(loop.state["params"], data, "valid", eval_key))
+    seconds = time.perf_counter() - t0
+    for m in np.flatnonzero(was_active):
+        records[m]["valid"] = valid = evaluate.summarize(ranks[m])
+        records[m]["eval_seconds"] = seconds
+        if valid[SELECT] > loop.best[m]:
+            loop.best[m], loop.best_epoch[m], loop.bad[m] = valid[SELECT], epoch, 0
+        else:
+            loop.bad[m] += 1
+            loop.active[m] = loop.bad[m] < cfg.patience
+    improved = jnp.asarray(loop.best_epoch == epoch)
+    loop.best_params = members.select(improved, loop.state["params"], loop.best_params)
+
+
+def check_finite(epoch: int, stats: dict, params, active: np.ndarray) -> None:
+    """Raises ``FloatingPointError`` naming the epoch if an active member's loss,
+    gradient norm or parameters are not finite.
+
+    Runs before the epoch is counted, selected as best or handed to
+    ``after_epoch``, so no checkpoint ever holds the diverged state. The epoch
+    is the step boundary: one epoch is one compiled call.
+    """
+    checks = {
+        "training loss": np.isfinite(stats["loss"]),
+        "gradient": np.isfinite(stats["grad_norm"]),
+        "parameters": np.asarray(members.finite_members(params)),
+    }
+    found = [
+        f"{what} (members {bad.tolist()})"
+        for what, ok in checks.items()
+        if (bad := np.flatnonzero(~ok & active)).size
+    ]
+    if found:
+        raise FloatingPointError(f"non-finite {', '.join(found)} at epoch {epoch}")
+
+
+def finish(cfg: Config, data: SeqData, loop: LoopState, *, mesh=None) -> FitResult:
+    """Validation and test metrics of each member's best parameters.
+
+    With a ``mesh``, ``data`` and ``loop.best_params`` are already placed on it
+    (as :func:`fit` leaves them).
+    """
+    _, eval_fn = members.compiled(cfg, mesh)
+    eval_key = jax.random.PRNGKey(cfg.seed + 10_000)
+    valid_ranks = np.asarray(eval_fn(loop.best_params, data, "valid", eval_key))
+    test_ranks = np.asarray(eval_fn(loop.best_params, data, "test", eval_key))
+    steady = loop.seconds[1:] or loop.seconds or [float("nan")]
+    return FitResult(
+        best_epoch=[int(e) for e in loop.best_epoch],
+        epochs_run=loop.epoch,
+        valid=[evaluate.summarize(r) for r in valid_ranks],
+        test=[evaluate.summarize(r) for r in test_ranks],
+        test_ranks=test_ranks,
+        best_params=loop.best_params,
+        seconds_per_epoch=float(np.median(steady)),
+    )
