@@ -93,7 +93,7 @@ HELP = {
     "trim_rows": "rows per padding-trimmed group (same gradient, less padding); "
     "0 = off (members vmapped), -1 = auto (16 on the CPU when >= 20% of "
     "positions pad, off on accelerators)",
-    "epochs": "epoch cap",
+    "epochs": "at most this many training epochs (the cap)",
     "patience": "stop a member after this many validations without a better "
     "validation NDCG@5",
     "eval_every": "validate every this many epochs",

@@ -288,3 +288,18 @@ def test_disk_full_surfaces_and_the_previous_step_restores(tmp_path):
     store = checkpoint.Store(str(ck))
     assert store.steps() == [1]
     store.close()
+
+
+@pytest.mark.parametrize(
+    "seqs, needle",
+    [
+        ({1: [2], 2: [3], 3: [4]}, "no training targets"),
+        ({1: [2, 3], 2: [3, 4]}, "nothing to validate or test"),
+        ({1: [2, 3, 2_000_000_000], 2: [3, 4, 5]}, "item ids are sparse"),
+    ],
+)
+def test_untrainable_data_is_refused_before_anything_is_written(tmp_path, seqs, needle):
+    wd = tmp_path / "wd"
+    with pytest.raises(ValueError, match=needle):
+        run_tiny(wd, seqs=seqs)
+    assert not wd.exists()  # a corrected rerun is never "a different run"
