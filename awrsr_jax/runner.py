@@ -244,7 +244,7 @@ def run(
             )
         except FloatingPointError as e:
             if primary:
-                files.write_json(path["results.json"], _failed(cfg, seeds, str(e)))
+                files.write_json(path["results.json"], _failed(seeds, str(e)))
             raise
         finally:
             store.close()
@@ -295,7 +295,7 @@ def _device() -> dict:
     return {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__}
 
 
-def _failed(cfg: Config, seeds, error: str) -> dict:
+def _failed(seeds, error: str) -> dict:
     return {"status": "failed", "error": error, "seeds": seeds} | _device()
 
 
