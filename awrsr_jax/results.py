@@ -31,6 +31,17 @@ def is_done(workdir) -> bool:
     return os.path.exists(os.path.join(workdir, "results.json"))
 
 
+def read_ranks(workdir) -> np.ndarray:
+    """``test_ranks.npy`` of a run (never unpickles: a pickled file raises)."""
+    return np.load(os.path.join(workdir, "test_ranks.npy"), allow_pickle=False)
+
+
+def read_metrics(workdir) -> list[dict]:
+    """The records of a run's ``metrics.jsonl``: one per member and epoch."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def read_run(workdir) -> dict:
     """``{dir, config, results, ranks}`` of a finished run; ``results``'
     ``valid``, ``test`` and ``best_epoch`` are lists (one entry per member) and
@@ -41,10 +52,11 @@ def read_run(workdir) -> dict:
     for key in ("valid", "test", "best_epoch"):
         if key in results:
             results[key] = as_list(results[key])
-    path = os.path.join(workdir, "test_ranks.npy")
     ranks = None
-    if results.get("status", "ok") == "ok" and os.path.exists(path):
-        ranks = np.atleast_2d(np.load(path, allow_pickle=False))
+    if results.get("status", "ok") == "ok" and os.path.exists(
+        os.path.join(workdir, "test_ranks.npy")
+    ):
+        ranks = np.atleast_2d(read_ranks(workdir))
     return {"dir": workdir, "config": config, "results": results, "ranks": ranks}
 
 

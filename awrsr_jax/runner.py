@@ -139,11 +139,6 @@ def protocol_text(cfg: Config, num_items: int) -> str:
     )
 
 
-def read_ranks(workdir: str) -> np.ndarray:
-    """``test_ranks.npy`` of a finished run (never unpickles)."""
-    return np.load(os.path.join(workdir, "test_ranks.npy"), allow_pickle=False)
-
-
 def check_same_run(old: dict, new: dict, where: str) -> None:
     """Refuses to continue ``old`` (a saved identity) with a different ``new``."""
     diffs = []

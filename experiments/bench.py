@@ -44,7 +44,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from awrsr_jax import datasets, registry, runner, train
+from awrsr_jax import datasets, registry, results, runner, train
 from awrsr_jax.config import Config
 from awrsr_jax.datasets import SHARED_DATA
 
@@ -196,8 +196,7 @@ def run_case(
     with tempfile.TemporaryDirectory() as workdir:
         runner.run(cfg, workdir=workdir, data=data, seeds=list(range(m)),
                    options=options)  # fmt: skip
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            recs = [r for r in map(json.loads, f) if r["member"] == 0]
+        recs = [r for r in results.read_metrics(workdir) if r["member"] == 0]
     sec, compile_s = _steady([r["seconds"] for r in recs])
     rec = {
         "case": case["name"],

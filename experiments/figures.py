@@ -26,7 +26,6 @@ be imported where it is missing.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -37,11 +36,6 @@ from awrsr_jax import results
 from awrsr_jax.analysis import LAST, ndcg_at
 
 TAIL = 50  # epochs shown in Figure 5
-
-
-def read_metrics(cell_dir) -> list[dict]:
-    with open(os.path.join(cell_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def valid_curve(records) -> tuple[np.ndarray, np.ndarray]:
@@ -87,9 +81,9 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
     ns = np.arange(1, 21)
     grids = [
         ("fig2_ndcg_at_n", lambda e, r: (ns, ndcg_at(r, ns)), "test NDCG@N", "N"),
-        ("fig4_valid_ndcg", lambda e, r: valid_curve(read_metrics(cell_dir(e))),
+        ("fig4_valid_ndcg", lambda e, r: valid_curve(results.read_metrics(cell_dir(e))),
          "validation NDCG@5", "epoch"),
-        ("fig5_grad_norm", lambda e, r: grad_tail(read_metrics(cell_dir(e))),
+        ("fig5_grad_norm", lambda e, r: grad_tail(results.read_metrics(cell_dir(e))),
          "global gradient norm (seed 0)", "epochs before stopping"),
     ]  # fmt: skip
     paths = {}

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
 import sys
 import time
@@ -69,10 +68,9 @@ def _record(cfg, h, data, **fields) -> dict:
 def _curves(workdir: str, members: int) -> list[list[float]]:
     """Validation NDCG@5 per epoch of each member, from ``metrics.jsonl``."""
     curves = [[] for _ in range(members)]
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for rec in map(json.loads, filter(str.strip, f)):
-            if "valid" in rec:
-                curves[rec["member"]].append(rec["valid"][SELECT])
+    for rec in results.read_metrics(workdir):
+        if "valid" in rec:
+            curves[rec["member"]].append(rec["valid"][SELECT])
     return curves
 
 

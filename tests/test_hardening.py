@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from awrsr_jax import checkpoint, datasets, files, runner, train
+from awrsr_jax import checkpoint, datasets, files, results, train
 from awrsr_jax.data import DataFileError, read_sequences
 from tests.conftest import CKPT_CFG as CFG
 from tests.conftest import REPO, final_state, run_tiny
@@ -131,7 +131,7 @@ def test_crafted_pickles_are_refused_and_never_run(ref, tmp_path):
     wd.mkdir()
     np.save(wd / "test_ranks.npy", np.array([_Payload(str(marker))], object))
     with pytest.raises(ValueError, match="allow_pickle"):
-        runner.read_ranks(str(wd))
+        results.read_ranks(str(wd))
     # A pickle where a checkpoint's files belong: refused, older step used.
     ck = wd / "checkpoints"
     for s in (2, 3):
