@@ -99,8 +99,7 @@ def from_flags(dataset: str | None, data_file: str | None, data_format="auto"):
                 f"--dataset={dataset} and --data_file={data_file} name two "
                 "datasets; give one (a file path works as --dataset too)"
             )
-        ds = _read(data_file, data_format, "file")
-        return ds
+        return _read(data_file, data_format, "file")
     if dataset == "file":
         raise ValueError("--data_file: required with --dataset=file")
     return load(dataset or "synthetic", data_format)
