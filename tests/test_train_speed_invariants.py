@@ -212,3 +212,43 @@ def test_two_member_ensemble_equals_two_single_runs(tiny_data):
             got, ref = getattr(both, split)[m], getattr(one, split)[0]
             for name in ref:
                 assert got[name] == pytest.approx(ref[name], abs=1e-6), (split, name)
+
+
+def test_members_that_stop_early_leave_the_others_bit_identical(tiny_data, monkeypatch):
+    # Five members, four of which stop within a few epochs: once at most half
+    # train, epochs and validations run on the active ones only (padded to a
+    # width of 2), which must change no member's numbers.
+    from awrsr_jax.train import loop
+
+    cfg = tiny_config(epochs=12, patience=2, trim_rows=0)
+    sweep = {"lr": [0.3, 0.2, 0.25, 1e-3, 0.15]}
+    widths = []
+    run_epoch = loop._run_epoch
+
+    def spy(lp, rows, *args):
+        widths.append(lp.active.size if rows is None else len(rows))
+        return run_epoch(lp, rows, *args)
+
+    monkeypatch.setattr(loop, "_run_epoch", spy)
+    narrow = train.fit(cfg, tiny_data, sweep=sweep)
+    monkeypatch.setattr(loop, "_rows_to_run", lambda active: None)
+    full = train.fit(cfg, tiny_data, sweep=sweep)
+    assert min(widths) == 2 and widths[0] == 5
+    assert narrow.best_epoch == full.best_epoch
+    np.testing.assert_array_equal(narrow.test_ranks, full.test_ranks)
+    for a, b in zip(
+        jax.tree.leaves(narrow.best_params), jax.tree.leaves(full.best_params)
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rows_to_run_pads_the_active_members_to_a_power_of_two():
+    from awrsr_jax.train.loop import _rows_to_run
+
+    assert _rows_to_run(np.array([True] * 5 + [False] * 3)) is None
+    assert _rows_to_run(np.array([True, False, True, False, False])).tolist() == [0, 2]
+    got = _rows_to_run(
+        np.array([False, True, False, True, True, False, False, False, False])
+    )
+    assert got.tolist() == [0, 1, 3, 4]  # 3 active, padded by the first stopped
+    assert _rows_to_run(np.array([False, False, True, False, False])).tolist() == [0, 2]

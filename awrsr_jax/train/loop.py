@@ -9,6 +9,7 @@ best parameters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 
@@ -105,8 +106,10 @@ def fit(
     """Trains M members with early stopping on validation NDCG@5 each.
 
     A member whose validation NDCG@5 has not improved for ``cfg.patience``
-    evaluations is frozen (masked; the program keeps running for the others);
-    the loop ends when all are frozen or after ``cfg.epochs``. Test metrics come
+    evaluations is frozen (masked; the program keeps running for the others,
+    and once at most half of the vmapped members train, only on them: see
+    :func:`_rows_to_run`); the loop ends when all are frozen or after
+    ``cfg.epochs``. Test metrics come
     from each member's best-validation parameters.
 
     ``loop`` resumes from a saved :class:`LoopState`. ``on_epoch`` gets one
@@ -126,16 +129,17 @@ def fit(
         loop.state, loop.best_params, hp = parallel.place_members(
             (loop.state, loop.best_params, hp), mesh
         )
-    epoch_fn, eval_fn = members.compiled(
-        cfg.replace(trim_rows=trim_rows(cfg, data)), mesh
-    )
+    run_cfg = cfg.replace(trim_rows=trim_rows(cfg, data))
+    epoch_fn, eval_fn = members.compiled(run_cfg, mesh)
     eval_key = jax.random.PRNGKey(cfg.seed + 10_000)
+    # Vmapped members stop computing once at most half train (trimmed members
+    # run one at a time and skip their stopped epochs already).
+    shrink = mesh is None and run_cfg.trim_rows == 0
     while loop.epoch < cfg.epochs and loop.active.any():
         epoch, was_active = loop.epoch, loop.active.copy()
+        rows = _rows_to_run(was_active) if shrink else None
         t0 = time.perf_counter()
-        active = parallel.place_members(jnp.asarray(was_active), mesh)
-        loop.state, stats = epoch_fn(loop.state, hp, active, data, epoch)
-        stats = jax.device_get(stats)
+        stats = _run_epoch(loop, rows, hp, epoch_fn, data, epoch, mesh)
         seconds = time.perf_counter() - t0
         if was_active.all():  # a stopped member skips its (trimmed) epochs
             loop.seconds.append(seconds)
@@ -151,7 +155,7 @@ def fit(
             for m in range(len(seeds))
         ]
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            _validate(cfg, loop, records, was_active, eval_fn, data, eval_key)
+            _validate(cfg, loop, records, was_active, eval_fn, data, eval_key, rows)
         loop.epoch = epoch + 1
         if on_epoch:
             for m in np.flatnonzero(was_active):
@@ -161,13 +165,68 @@ def fit(
     return finish(cfg, data, loop, mesh=mesh)
 
 
-def _validate(cfg, loop, records, was_active, eval_fn, data, eval_key) -> None:
-    """Validation of every member after ``records``' epoch: updates the best
-    metric, best parameters, patience counters and ``active`` of ``loop``, and
-    adds ``valid`` and ``eval_seconds`` to the records of the active members."""
+def _rows_to_run(active: np.ndarray) -> np.ndarray | None:
+    """The members an epoch computes: all (``None``) while more than half of
+    them train; then the active ones, padded with stopped ones to a power of
+    two of at least 2 (a stopped member's state is left as it is), so that a
+    run compiles at most log2(M) narrower programs. Members are independent
+    and a batched program's width does not change a member's arithmetic
+    (``tests/test_train_speed_invariants.py`` checks it bit for bit); one
+    member alone would run the unbatched program, which agrees only to
+    round-off, hence the width of 2."""
+    m, n = active.size, int(active.sum())
+    width = max(2, 1 << (n - 1).bit_length())
+    if width >= m:
+        return None
+    order = np.concatenate([np.flatnonzero(active), np.flatnonzero(~active)])
+    return np.sort(order[:width])
+
+
+def _run_epoch(loop, rows, hp, epoch_fn, data, epoch, mesh) -> dict:
+    """One epoch of ``loop``'s active members (of ``rows`` only, when given);
+    returns per-member host stats ``[M]`` (0 for the members not run)."""
+    active = loop.active
+    if rows is None:
+        state, stats = epoch_fn(
+            loop.state, hp, parallel.place_members(jnp.asarray(active), mesh),
+            data, epoch,
+        )  # fmt: skip
+        loop.state = state
+        return jax.device_get(stats)
+    take = functools.partial(_take, rows=jnp.asarray(rows))
+    sub, stats = epoch_fn(
+        take(loop.state), take(hp), jnp.asarray(active[rows]), data, epoch
+    )
+    loop.state = _put(loop.state, sub, jnp.asarray(rows))
+    out = {k: np.zeros(active.size, np.float32) for k in stats}
+    for k, v in jax.device_get(stats).items():
+        out[k][rows] = v
+    return out
+
+
+@jax.jit
+def _take(tree, rows):
+    return jax.tree.map(lambda x: x[rows], tree)
+
+
+@jax.jit
+def _put(tree, sub, rows):
+    return jax.tree.map(lambda x, y: x.at[rows].set(y), tree, sub)
+
+
+def _validate(cfg, loop, records, was_active, eval_fn, data, eval_key, rows=None):
+    """Validation of every member after ``records``' epoch (of ``rows`` only,
+    when given): updates the best metric, best parameters, patience counters
+    and ``active`` of ``loop``, and adds ``valid`` and ``eval_seconds`` to the
+    records of the active members."""
     epoch = records[0]["epoch"]
     t0 = time.perf_counter()
-    ranks = np.asarray(eval_fn(loop.state["params"], data, "valid", eval_key))
+    params = loop.state["params"] if rows is None else _take(loop.state["params"], rows)
+    ranks = np.asarray(eval_fn(params, data, "valid", eval_key))
+    if rows is not None:
+        full = np.zeros((was_active.size, *ranks.shape[1:]), ranks.dtype)
+        full[rows] = ranks
+        ranks = full
     seconds = time.perf_counter() - t0
     for m in np.flatnonzero(was_active):
         records[m]["valid"] = valid = evaluate.summarize(ranks[m])
