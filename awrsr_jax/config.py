@@ -31,10 +31,12 @@ class Config:
     dropout: float = 0.2  # hidden dropout (and SASRec's attention dropout)
     attn_dropout: float = 0.0  # STOSA's attention-probability dropout
     lr: float = 1e-3
-    l2: float = 0.0  # SASRec: l2 * sum(emb^2)/2; STOSA: Adam weight decay
-    loss: str = ""  # "" = the backbone's default (bce / bpr)
+    l2: float = 0.0  # SASRec, BERT4Rec: l2 * sum(emb^2)/2; STOSA: Adam weight decay
+    loss: str = ""  # "" = the backbone's default (bce / bpr / ce)
     pvn_weight: float = 0.005  # STOSA's positive-vs-negative margin weight
     stosa_mean_passthrough: bool = False  # reproduce the authors' typo
+    mask_prob: float = 0.2  # BERT4Rec: share of a row's items masked (cloze)
+    mask_last: float = 0.1  # BERT4Rec: share of rows whose last item alone is masked
     batch_size: int = 128
     # A one-member run sorts each batch by length into groups of this many rows
     # and cuts each group to its own length (same gradient, less padding); 0 = off,
@@ -51,8 +53,21 @@ class Config:
     def loss_type(self) -> str:
         return self.loss or registry.backbone(self.backbone).losses[0]
 
+    def identity(self) -> dict:
+        """The fields that name this config (``config.json``, and through it
+        resumed runs; :func:`awrsr_jax.search.config_hash`): all of them, but
+        a :data:`LATER_FIELDS` field only where the backbone reads it or it
+        differs from its default, so adding one renames no earlier result."""
+        d = dataclasses.asdict(self)
+        bb = registry.BACKBONES.get(self.backbone)
+        reads = set(bb.extra.values()) if bb else set()
+        for name in LATER_FIELDS:
+            if name not in reads and d[name] == getattr(Config, name):
+                del d[name]
+        return d
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.identity(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
@@ -66,6 +81,9 @@ class Config:
         return dataclasses.replace(self, **kw)
 
 
+# Backbone fields added after runs were first named by their config.
+LATER_FIELDS = ("mask_prob", "mask_last")
+
 HELP = {
     "backbone": f"model: {', '.join(registry.BACKBONES)}",
     "mech": "attention refinement: none (the original model), simp, value, add, "
@@ -76,19 +94,26 @@ HELP = {
     "layer",
     "hidden": "embedding and hidden size D (a multiple of --heads)",
     "max_len": "sequence length n: a user's last n items are the input; also the "
-    "size of the n x n refinement matrices",
+    "size of the n x n refinement matrices (BERT4Rec: n + 1 positions, for "
+    "n items and the [mask] after them)",
     "layers": "number of self-attention blocks",
     "heads": "attention heads per block",
-    "dropout": "hidden dropout rate in [0, 1) (SASRec: also on attention weights)",
+    "dropout": "hidden dropout rate in [0, 1) (SASRec, BERT4Rec: also on attention "
+    "weights)",
     "attn_dropout": "STOSA only: dropout rate on the attention weights, in [0, 1)",
     "lr": "Adam learning rate (> 0, finite)",
-    "l2": "L2 strength (>= 0). SASRec: l2 * sum(embedding^2) / 2 added to the "
-    "loss; STOSA: Adam weight decay, as in each authors' code",
+    "l2": "L2 strength (>= 0). SASRec, BERT4Rec: l2 * sum(embedding^2) / 2 "
+    "added to the loss; STOSA: Adam weight decay, as in each authors' code",
     "loss": "'' = the backbone's default (sasrec: bce with one sampled negative; "
-    "stosa: bpr + pvn); sasrec also takes ce (full softmax cross-entropy)",
+    "stosa: bpr + pvn; bert4rec: ce, full softmax cross-entropy at the masked "
+    "positions); sasrec also takes ce (full softmax cross-entropy)",
     "pvn_weight": "STOSA only: weight of the positive-vs-negative margin term",
     "stosa_mean_passthrough": "STOSA only: reproduce the authors' code, whose "
     "mean stream is never updated by the layers (a typo)",
+    "mask_prob": "BERT4Rec only: probability that a training item is replaced by "
+    "[mask] for the cloze task (at least one per row), in (0, 1]",
+    "mask_last": "BERT4Rec only: share of training rows, in [0, 1], whose last "
+    "item alone is masked (as at evaluation) instead",
     "batch_size": "training sequences per step",
     "trim_rows": "rows per padding-trimmed group (same gradient, less padding); "
     "0 = off (members vmapped), -1 = auto (16 on the CPU when >= 20% of "
@@ -132,6 +157,8 @@ def validate(cfg: Config) -> Config:
     need(cfg.lr > 0, "lr", "must be positive")
     need(cfg.l2 >= 0, "l2", "must be >= 0")
     need(cfg.pvn_weight >= 0, "pvn_weight", "must be >= 0")
+    need(0.0 < cfg.mask_prob <= 1.0, "mask_prob", "must be in (0, 1]")
+    need(0.0 <= cfg.mask_last <= 1.0, "mask_last", "must be in [0, 1]")
     need(cfg.batch_size >= 1, "batch_size", "must be >= 1")
     need(cfg.trim_rows >= -1, "trim_rows", "must be >= 0, or -1 (auto)")
     need(cfg.epochs >= 1, "epochs", "must be >= 1")

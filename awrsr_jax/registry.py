@@ -4,8 +4,9 @@ Everything the rest of the code asks about a backbone is in its record: the
 Flax module and how a config builds it, its losses (the first is the
 default), Adam's beta2 in its reference code, whether its attention scores
 are Gaussian (2-Wasserstein; the ``gaussian`` mechanisms need that), its
-reference configurations, and how a batch of training sequences becomes
-inputs and targets. The mechanisms a backbone allows are derived from
+reference configurations, its own values in the paper's search space, and
+how a batch of training sequences becomes inputs and targets (next items, or
+BERT4Rec's cloze task). The mechanisms a backbone allows are derived from
 :data:`awrsr_jax.ops.refine.MECHANISMS`, never listed here.
 
 Adding a backbone: its module under ``awrsr_jax/models/``, one record in
@@ -20,18 +21,49 @@ import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 
+import jax
+import jax.numpy as jnp
+
 from awrsr_jax.ops import refine
 
 
-def next_item_targets(batch_BxL1, real_B):
+def next_item_targets(batch_BxL1, real_B, key, model):
     """``(seq, pos)``: inputs ``batch[:, :-1]`` and next items ``batch[:, 1:]``.
 
     A target counts only where its input holds an item (as in the SASRec
     code, a user's first item is never a target: its input would be padding)
-    and the row is real (not the padding of the last batch).
+    and the row is real (not the padding of the last batch). Deterministic:
+    ``key`` and ``model`` are not read.
     """
+    del key, model
     seq = batch_BxL1[:, :-1]
     return seq, batch_BxL1[:, 1:] * (real_B[:, None] & (seq > 0))
+
+
+def cloze_targets(batch_BxL1, real_B, key, model):
+    """BERT4Rec's cloze task: ``(seq, pos)`` over the whole row ``[B, L+1]``.
+
+    With probability ``model.mask_last`` a row has its last item, and only
+    that one, replaced by the ``[mask]`` id ``model.num_items + 1`` (the
+    authors' extra last-item instances, shaped like evaluation input). Every
+    other row has each item masked with probability ``model.mask_prob``, and
+    at least one (the item with the smallest draw when none was: BERT's
+    ``max(1, round(n p))``). ``pos`` holds the original item at the masked
+    positions and 0 elsewhere; padding and the rows that only pad the last
+    batch (``real`` False) are never masked.
+    """
+    valid = (batch_BxL1 > 0) & real_B[:, None]
+    k_pos, k_row = jax.random.split(key)
+    u = jax.random.uniform(k_pos, batch_BxL1.shape)
+    masked = valid & (u < model.mask_prob)
+    first = jnp.argmin(jnp.where(valid, u, 2.0), axis=1)
+    cols = jnp.arange(batch_BxL1.shape[1])
+    none = ~jnp.any(masked, 1) & jnp.any(valid, 1)
+    masked = masked | (none[:, None] & (cols == first[:, None]))
+    last_only = jax.random.uniform(k_row, real_B.shape) < model.mask_last
+    masked = jnp.where(last_only[:, None], valid & (cols == cols[-1]), masked)
+    seq = jnp.where(masked, model.num_items + 1, batch_BxL1)
+    return seq, jnp.where(masked, batch_BxL1, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +84,14 @@ class Backbone:
       reference: the authors' configuration (Config overrides).
       per_dataset: the configurations ``experiments.reproduce --budget=gpu``
         starts from, per dataset name (Config overrides).
-      targets: ``(batch [B, L+1], real [B]) -> (seq [B, L], pos [B, L])``.
+      paper_space: its own values in the paper's search space (Section 3.1,
+        ``experiments.grid --space=paper``), beyond the shared ones.
+      targets: ``(batch [B, L+1], real [B], key, model) -> (seq [B, L'],
+        pos [B, L'])``: a step's training rows (left-padded, the last training
+        item last), which of them are real, a PRNG key of the step (for random
+        targets) and the built module (its static fields, e.g. ``num_items``)
+        -> the module's input and its targets (0: no target). ``L'`` is ``L``
+        for next-item targets, ``L + 1`` for the cloze task.
     """
 
     name: str
@@ -65,6 +104,7 @@ class Backbone:
     per_dataset: Mapping[str, Mapping[str, object]] = dataclasses.field(
         default_factory=dict
     )
+    paper_space: Mapping[str, list] = dataclasses.field(default_factory=dict)
     targets: Callable = next_item_targets
 
     @property
@@ -93,6 +133,12 @@ _SASREC_ML1M = dict(max_len=200, hidden=50, layers=2, heads=1, dropout=0.2,
                     lr=1e-3, batch_size=128)  # fmt: skip
 _STOSA_BEAUTY = dict(max_len=100, hidden=64, layers=1, heads=4, dropout=0.3,
                      attn_dropout=0.0, pvn_weight=0.005, lr=1e-3, batch_size=256)  # fmt: skip
+# BERT4Rec's authors' ML-1M script (FeiSun/BERT4Rec, run_ml-1m.sh; Beauty:
+# length 50, masking 0.6). They train 400k steps at lr 1e-4; an epoch here is
+# one pass over the users with one draw of masks, so the per-dataset starting
+# points use lr 1e-3 (our choice, as the PyTorch re-implementations do).
+_BERT4REC_ML1M = dict(max_len=200, hidden=64, layers=2, heads=2, dropout=0.1,
+                      mask_prob=0.2, lr=1e-4, batch_size=256)  # fmt: skip
 
 BACKBONES: dict[str, Backbone] = {
     "sasrec": Backbone(
@@ -105,6 +151,7 @@ BACKBONES: dict[str, Backbone] = {
             "ml-1m": _SASREC_ML1M,
             "beauty": dict(_SASREC_ML1M, max_len=50, dropout=0.5),
         },
+        paper_space={"hidden": [64, 128]},
     ),
     "stosa": Backbone(
         name="stosa",
@@ -124,6 +171,21 @@ BACKBONES: dict[str, Backbone] = {
                 _STOSA_BEAUTY, max_len=200, layers=2, heads=1, dropout=0.2
             ),  # fmt: skip
         },
+        paper_space={"hidden": [32, 64]},
+    ),
+    "bert4rec": Backbone(
+        name="bert4rec",
+        module="awrsr_jax.models.bert4rec:BERT4Rec",
+        losses=("ce",),
+        adam_b2=0.999,  # BERT4Rec's TensorFlow code (BERT's AdamWeightDecay)
+        extra={"mask_prob": "mask_prob", "mask_last": "mask_last"},
+        reference=_BERT4REC_ML1M,
+        per_dataset={
+            "ml-1m": dict(_BERT4REC_ML1M, lr=1e-3),
+            "beauty": dict(_BERT4REC_ML1M, lr=1e-3, max_len=50, mask_prob=0.6),
+        },
+        paper_space={"hidden": [64, 128]},  # our choice: SASRec's widths
+        targets=cloze_targets,
     ),
 }
 

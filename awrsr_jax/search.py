@@ -24,6 +24,7 @@ import json
 
 import numpy as np
 
+from awrsr_jax import registry
 from awrsr_jax.config import Config, validate
 from awrsr_jax.train.members import HPARAMS
 
@@ -37,28 +38,23 @@ _PAPER_COMMON = {
     "heads": [1, 2, 3, 4],
     "layers": [1, 2, 3, 4],
 }
+# The same for every backbone; ``paper`` adds each backbone's own values (its
+# registry record's ``paper_space``: the hidden sizes).
 SPACES = {
-    "paper": {
-        "sasrec": {"hidden": [64, 128], **_PAPER_COMMON},
-        "stosa": {"hidden": [32, 64], **_PAPER_COMMON},
-    },
+    "paper": _PAPER_COMMON,
     # A subset of the paper's values that one GPU finishes in minutes.
-    "small": {
-        "sasrec": {"lr": [1e-3], "l2": [1e-2, 1e-3], "dropout": [0.3, 0.5, 0.7]},
-        "stosa": {"lr": [1e-3], "l2": [1e-2, 1e-3], "dropout": [0.3, 0.5, 0.7]},
-    },
+    "small": {"lr": [1e-3], "l2": [1e-2, 1e-3], "dropout": [0.3, 0.5, 0.7]},
     # Two shape groups of two members: exercises grouping and resuming on CPU.
-    "smoke": {
-        "sasrec": {"layers": [1, 2], "lr": [1e-3, 1e-2]},
-        "stosa": {"layers": [1, 2], "lr": [1e-3, 1e-2]},
-    },
+    "smoke": {"layers": [1, 2], "lr": [1e-3, 1e-2]},
 }
 
 
 def load_space(name_or_path: str, backbone: str) -> dict[str, list]:
     """The space ``paper``/``small``/``smoke`` or a JSON file, for ``backbone``."""
     if name_or_path in SPACES:
-        space = SPACES[name_or_path][backbone]
+        space = dict(SPACES[name_or_path])
+        if name_or_path == "paper":
+            space = {**registry.backbone(backbone).paper_space, **space}
     else:
         try:
             with open(name_or_path) as f:
@@ -96,7 +92,7 @@ def expand(base: Config, space: dict[str, list]) -> tuple[list[Config], list[str
 def config_hash(cfg: Config, data_id: str = "", **extra) -> str:
     """16 hex digits naming ``cfg`` on the dataset ``data_id`` (plus ``extra``)."""
     blob = json.dumps(
-        {"config": dataclasses.asdict(cfg), "data": data_id, **extra},
+        {"config": cfg.identity(), "data": data_id, **extra},
         sort_keys=True,
         default=str,
     )

@@ -18,9 +18,10 @@ SASRec, STOSA's 5-core Beauty for STOSA), otherwise random sequences of the
 same shape (users, items, mean length), marked ``"data": "synthetic"``.
 
 Suites: ``cpu`` (default): SASRec ML-1M at L=200 and L=50 with ``none`` and
-``value``, STOSA Beauty with ``none`` and ``stoc``, and a 5-member ensemble at
-L=50 against one member (throughput ratio). ``gpu``: the same, with a
-16-member ensemble at L=200 instead, sized for a ~4
+``value``, STOSA Beauty with ``none`` and ``stoc``, a 5-member ensemble at
+L=50 against one member (throughput ratio), then BERT4Rec ML-1M at L=50
+with ``none`` and ``value``. ``gpu``: the same, with a 16-member ensemble and
+BERT4Rec at L=200 instead, sized for a ~4
 minute budget (``--budget_s``; cases that would start after it print a skip
 line). ``--quick``: tiny synthetic shapes, for CI. Needs only jax, flax,
 optax, numpy.
@@ -71,12 +72,11 @@ DATASETS = {
     "tiny": (None, 300, 200, 20.0),
 }
 _SIZES = ("hidden", "layers", "heads", "batch_size")  # of the reference configs
-SASREC = dict(
-    backbone="sasrec", **{k: registry.BACKBONES["sasrec"].reference[k] for k in _SIZES}
-)
-STOSA = dict(
-    backbone="stosa", **{k: registry.BACKBONES["stosa"].reference[k] for k in _SIZES}
-)
+REFERENCE = {
+    name: dict(backbone=name, **{k: b.reference[k] for k in _SIZES})
+    for name, b in registry.BACKBONES.items()
+}
+SASREC, STOSA = REFERENCE["sasrec"], REFERENCE["stosa"]
 
 
 def cases(suite: str, quick: bool) -> list[dict]:
@@ -126,6 +126,15 @@ def cases(suite: str, quick: bool) -> list[dict]:
                 cfg=dict(SASREC, max_len=n),
             )
         )
+        # Last, so that --budget_s cuts them first.
+        for mech in ("none", "value"):
+            out.append(
+                dict(
+                    name=f"bert4rec-{mech}-L{n}",
+                    dataset="ml-1m",
+                    cfg=dict(REFERENCE["bert4rec"], max_len=n, mech=mech),
+                )
+            )
     for c in out:
         c.setdefault("members", 1)
         c.setdefault("eval", True)

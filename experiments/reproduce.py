@@ -61,8 +61,9 @@ BUDGETS = {
                   patience=2, mechs="none,add", cell_minutes=None),
 }  # fmt: skip
 METRICS = ("Recall@1", "Recall@5", "NDCG@5")
-CONFIG_KEYS = ("max_len", "hidden", "layers", "heads", "dropout", "attn_dropout",
-               "lr", "l2", "pvn_weight", "batch_size")  # fmt: skip
+# Printed for every backbone, followed by its own fields (its record's extra).
+CONFIG_KEYS = ("max_len", "hidden", "layers", "heads", "dropout", "lr", "l2",
+               "batch_size")  # fmt: skip
 
 
 def base_config(dataset, backbone, budget, tuned=()) -> Config:
@@ -232,8 +233,9 @@ def _header(title, info, rows) -> list[str]:
     for e, r, _ in rows:
         if r is not None:
             block = seen.setdefault((e["dataset"], e["backbone"]), {})
-            for k in CONFIG_KEYS:
-                block.setdefault(k, {})[r["config"][k]] = None
+            bb = registry.BACKBONES.get(e["backbone"])
+            for k in CONFIG_KEYS + tuple(bb.extra.values() if bb else ()):
+                block.setdefault(k, {})[r["config"].get(k)] = None
     shapes = {key: ", ".join(f"{k}={'/'.join(map(str, v))}" for k, v in block.items())
               for key, block in seen.items()}  # fmt: skip
     return [

@@ -1,9 +1,12 @@
 """Flax Linen backbones, built from a config through their registry record.
 
 Every backbone module offers the same methods, which :mod:`awrsr_jax.train`
-relies on: ``__call__(seq, train)``, ``score_all(seq) -> [B, V]`` (higher is
-better), ``loss(seq, pos, neg, train) -> scalar`` and ``l2_penalty() ->
-scalar``. Which module a backbone uses, and which config fields it takes
+and :mod:`awrsr_jax.evaluate` rely on: ``__call__(seq, train)``,
+``score_all(seq) -> [B, V]`` (higher is better; ``V = num_items + 1``, id 0
+included and masked by the evaluator), ``user_state(seq)`` and
+``score_items(state, items)`` (its item-chunked form), ``loss(seq, pos,
+neg, train) -> scalar`` and ``l2_penalty() -> scalar``. Backbones:
+``sasrec.py`` and ``stosa.py`` (causal), ``bert4rec.py`` (bidirectional). Which module a backbone uses, and which config fields it takes
 beyond the shared ones, is in :data:`awrsr_jax.registry.BACKBONES`.
 """
 

@@ -1,9 +1,10 @@
 """One epoch of one member as one compiled call.
 
-The permutation, batches, negatives and dropout keys are made on the device
-from keys folded from (seed, epoch, step), so the data order depends only on
-the seed and the host does no per-step work. The backbone's registry record
-says how a batch of training sequences becomes inputs and targets.
+The permutation, batches, negatives, dropout keys and (for random targets,
+BERT4Rec's cloze masks) target keys are made on the device from keys folded
+from (seed, epoch, step), so the data order depends only on the seed and the
+host does no per-step work. The backbone's registry record says how a batch
+of training sequences becomes inputs and targets.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from awrsr_jax import parallel, registry
+from awrsr_jax import models, parallel, registry
 from awrsr_jax.config import Config
 from awrsr_jax.data import sampling
 from awrsr_jax.data.dataset import SeqData
@@ -43,6 +44,7 @@ def train_epoch(
     steps, idx, real = _batches(k_epoch, data.num_train, cfg.batch_size)
     tx = optimizer(cfg)
     targets = registry.backbone(cfg.backbone).targets
+    model = models.build(cfg, data.num_items)  # its static fields, for targets
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     negatives = _negative_sampler(data)
 
@@ -53,8 +55,11 @@ def train_epoch(
             parallel.constrain_batch(rows, mesh),
             parallel.constrain_batch(w, mesh),
         )
-        k_neg, k_drop = jax.random.split(jax.random.fold_in(k_epoch, i + 1))
-        seq, pos = targets(data.train_seq[rows], w)
+        k_step = jax.random.fold_in(k_epoch, i + 1)
+        k_neg, k_drop = jax.random.split(k_step)
+        # Its own fold, so the negative and dropout keys stay what they were.
+        k_tgt = jax.random.fold_in(k_step, 1)
+        seq, pos = targets(data.train_seq[rows], w, k_tgt, model)
         neg = negatives(k_neg, rows, pos.shape)
         if groups:
             loss, grads, _ = trimmed_loss_and_grad(
