@@ -58,7 +58,7 @@ def parse_set(text: str) -> dict:
 def _record(cfg, h, data, **fields) -> dict:
     return {
         "hash": h,
-        "config": dataclasses.asdict(cfg),
+        "config": cfg.identity(),
         "dataset": data.name,
         "data_sha256": data.sha256,
         **fields,
@@ -207,7 +207,7 @@ def summary_csv(records) -> str:
             [
                 r["hash"],
                 r["status"],
-                *(r["config"][f] for f in fields),
+                *(r["config"].get(f, "") for f in fields),
                 *(v.get(n, "") for n in names),
                 *(t.get(n, "") for n in names),
                 r.get("best_epoch", ""),

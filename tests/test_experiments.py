@@ -87,6 +87,13 @@ def test_grid_resumes_and_records_divergence(tmp_path, monkeypatch):
     assert "4 finished, 2 failed" in md and "| layers | lr |" in md
     csv_lines = (tmp_path / "summary.csv").read_text().splitlines()
     assert len(csv_lines) == 7 and csv_lines[0].startswith("hash,status,backbone")
+    # Records name their config as its hash does: a field the backbone does not
+    # read is left out at its default, so records written before the field
+    # existed and after it sit in one table.
+    assert all("mask_prob" not in r["config"] for r in recs)
+    later = dict(recs[0], hash="later", config=dict(recs[0]["config"], mask_prob=0.3))
+    rows = grid.summary_csv([recs[0], later]).splitlines()
+    assert rows[1].split(",")[0] == recs[0]["hash"] and ",0.3," in rows[2]
 
 
 def test_table_entries_gpu_budget():
