@@ -119,6 +119,22 @@ def mech_config(backbone, mech, refine_input="scores", **kw):
     )
 
 
+def with_refine_params(params, cfg, n, scale):
+    """``params`` with random ``[n, n]`` (``[H, n, n]`` per head) matrices of
+    ``cfg.mech`` added to every block, drawn ``normal / scale`` from fixed keys."""
+    import jax
+
+    from awrsr_jax.ops import refine
+
+    shape = (cfg.heads, n, n) if cfg.per_head else (n, n)
+    names = refine.param_names(cfg.mech)
+    for i in range(cfg.layers):
+        keys = jax.random.split(jax.random.PRNGKey(10 + i), max(len(names), 1))
+        extra = {m: jax.random.normal(k, shape) / scale for m, k in zip(names, keys)}
+        params[f"block{i}"] = {**params[f"block{i}"], **extra}
+    return params
+
+
 def check_item_chunks_match_whole_catalogue(cfg, params, data):
     """Item-chunked ranks and top-k (chunks of 7 items) equal whole-catalogue
     ones; returns ``(score, scores)``: the chunked scorer of the test inputs and

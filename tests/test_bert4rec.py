@@ -19,9 +19,10 @@ import pytest
 from awrsr_jax import evaluate, models, registry, train
 from awrsr_jax.config import Config, validate
 from awrsr_jax.data import build, generate
-from awrsr_jax.ops import metrics, refine
+from awrsr_jax.ops import metrics
 from awrsr_jax.train.step import loss_fn
 from awrsr_jax.train.trim import trimmed_loss_and_grad
+from tests.conftest import with_refine_params
 
 L, V = 6, 30  # max_len (the model has L + 1 positions), num_items
 MECHS = list(registry.BACKBONES["bert4rec"].table_mechs)
@@ -49,13 +50,7 @@ def _model_and_params(cfg):
     """The model of ``cfg`` and the shared base parameters plus random
     ``[n, n]`` (``[H, n, n]`` per head) refinement matrices, ``n = L + 1``."""
     p = dict(_base_params(cfg.layers)["params"])
-    shape = (cfg.heads, L + 1, L + 1) if cfg.per_head else (L + 1, L + 1)
-    for i in range(cfg.layers):
-        names = refine.param_names(cfg.mech)
-        keys = jax.random.split(jax.random.PRNGKey(10 + i), max(len(names), 1))
-        extra = {n: jax.random.normal(k, shape) / L for n, k in zip(names, keys)}
-        p[f"block{i}"] = {**p[f"block{i}"], **extra}
-    return models.build(cfg, V), {"params": p}
+    return models.build(cfg, V), {"params": with_refine_params(p, cfg, L + 1, L)}
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("method", "train"))

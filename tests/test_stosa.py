@@ -19,8 +19,8 @@ from awrsr_jax import models, registry, train
 from awrsr_jax.config import Config, validate
 from awrsr_jax.data import build, generate
 from awrsr_jax.models.stosa import STOSA, w2_sq_paired
-from awrsr_jax.ops import losses, refine
-from tests.conftest import check_item_chunks_match_whole_catalogue
+from awrsr_jax.ops import losses
+from tests.conftest import check_item_chunks_match_whole_catalogue, with_refine_params
 
 L, V = 7, 30
 MECHS = list(registry.BACKBONES["stosa"].table_mechs)
@@ -55,13 +55,7 @@ def _model_and_params(cfg, noise=0.3):
     p = dict(_base_params(cfg.hidden, 2, noise)["params"])
     if cfg.layers == 1:  # a one-layer model is the two-layer one minus block1
         del p["block1"]
-    shape = (cfg.heads, L, L) if cfg.per_head else (L, L)
-    for i in range(cfg.layers):
-        names = refine.param_names(cfg.mech)
-        keys = jax.random.split(jax.random.PRNGKey(10 + i), max(len(names), 1))
-        extra = {n: jax.random.normal(k, shape) / L for n, k in zip(names, keys)}
-        p[f"block{i}"] = {**p[f"block{i}"], **extra}
-    return models.build(cfg, V), {"params": p}
+    return models.build(cfg, V), {"params": with_refine_params(p, cfg, L, L)}
 
 
 def _seq():
