@@ -110,8 +110,9 @@ HELP = {
     "pvn_weight": "STOSA only: weight of the positive-vs-negative margin term",
     "stosa_mean_passthrough": "STOSA only: reproduce the authors' code, whose "
     "mean stream is never updated by the layers (a typo)",
-    "mask_prob": "BERT4Rec only: probability that a training item is replaced by "
-    "[mask] for the cloze task (at least one per row), in (0, 1]",
+    "mask_prob": "BERT4Rec only: share of a training row's items replaced by "
+    "[mask] for the cloze task (max(1, round(n * mask_prob)) of its n items), "
+    "in (0, 1]",
     "mask_last": "BERT4Rec only: share of training rows, in [0, 1], whose last "
     "item alone is masked (as at evaluation) instead",
     "batch_size": "training sequences per step",

@@ -46,20 +46,22 @@ def cloze_targets(batch_BxL1, real_B, key, model):
     With probability ``model.mask_last`` a row has its last item, and only
     that one, replaced by the ``[mask]`` id ``model.num_items + 1`` (the
     authors' extra last-item instances, shaped like evaluation input). Every
-    other row has each item masked with probability ``model.mask_prob``, and
-    at least one (the item with the smallest draw when none was: BERT's
-    ``max(1, round(n p))``). ``pos`` holds the original item at the masked
-    positions and 0 elsewhere; padding and the rows that only pad the last
-    batch (``real`` False) are never masked.
+    other row of ``n`` items has ``max(1, round(n * model.mask_prob))`` of
+    them masked, chosen uniformly at random (the authors' data generator,
+    whose cap ``max_predictions_per_seq`` is never reached at their
+    settings: at most :func:`awrsr_jax.models.bert4rec.cloze_cap` a row).
+    ``pos`` holds the original item at the masked positions and 0
+    elsewhere; padding and the rows that only pad the last batch (``real``
+    False) are never masked.
     """
     valid = (batch_BxL1 > 0) & real_B[:, None]
     k_pos, k_row = jax.random.split(key)
-    u = jax.random.uniform(k_pos, batch_BxL1.shape)
-    masked = valid & (u < model.mask_prob)
-    first = jnp.argmin(jnp.where(valid, u, 2.0), axis=1)
+    u = jnp.where(valid, jax.random.uniform(k_pos, batch_BxL1.shape), 2.0)
+    rank = jnp.argsort(jnp.argsort(u, axis=1), axis=1)  # 0 = smallest draw
+    n = jnp.sum(valid, 1)
+    count = jnp.maximum(1, jnp.round(n * jnp.float32(model.mask_prob)))
+    masked = valid & (rank < count[:, None])
     cols = jnp.arange(batch_BxL1.shape[1])
-    none = ~jnp.any(masked, 1) & jnp.any(valid, 1)
-    masked = masked | (none[:, None] & (cols == first[:, None]))
     last_only = jax.random.uniform(k_row, real_B.shape) < model.mask_last
     masked = jnp.where(last_only[:, None], valid & (cols == cols[-1]), masked)
     seq = jnp.where(masked, model.num_items + 1, batch_BxL1)

@@ -19,6 +19,7 @@ import pytest
 from awrsr_jax import evaluate, models, registry, train
 from awrsr_jax.config import Config, validate
 from awrsr_jax.data import build, generate
+from awrsr_jax.models import bert4rec
 from awrsr_jax.ops import metrics
 from awrsr_jax.train.step import loss_fn
 from awrsr_jax.train.trim import trimmed_loss_and_grad
@@ -283,8 +284,13 @@ def test_cloze_targets_statistics():
     np.testing.assert_array_equal(masked, pos > 0)  # targets only where masked
     np.testing.assert_array_equal(pos[masked], batch[masked])
     np.testing.assert_array_equal(seq[~masked], batch[~masked])
-    assert not np.any(masked & (batch == 0)) and np.all(masked.sum(1) >= 1)
-    assert abs(masked[lens == 20][:, 1:].mean() - 0.2) < 0.01
+    assert not np.any(masked & (batch == 0))
+    # BERT's count: max(1, round(n p)) items of each row, never over the cap
+    # the loss scores; each real position equally likely.
+    np.testing.assert_array_equal(masked.sum(1), np.maximum(1, np.round(lens * 0.2)))
+    assert masked.sum(1).max() <= bert4rec.cloze_cap(21, 0.2) == 5
+    share = masked[lens == 20][:, 1:].mean(0)
+    assert abs(share.mean() - 0.2) < 1e-6 and np.all(np.abs(share - 0.2) < 0.06)
     # With every item masked otherwise, a last-item-only row is the rule's.
     seq, _ = _cloze(batch, real, mask_prob=1.0, mask_last=0.25)
     last_only = (seq[:, -1] == 51) & ((seq == 51).sum(1) == 1)
@@ -292,6 +298,19 @@ def test_cloze_targets_statistics():
     # The same key, the same masks; another key, others.
     np.testing.assert_array_equal(_cloze(batch, real)[1], pos)
     assert not np.array_equal(_cloze(batch, real, seed=1)[1], pos)
+
+
+def test_cloze_cap_bounds_the_count_and_the_loss_refuses_more():
+    for length in range(1, 260):
+        for p in (0.1, 0.15, 0.2, 0.3, 0.5, 0.6, 0.7, 1.0):
+            want = max(1, round(np.float32(length) * np.float32(p)))
+            assert want <= bert4rec.cloze_cap(length, p)
+    cfg = _cfg(mech="none")
+    model, params = _model_and_params(cfg)
+    inp = jnp.asarray([[0, V + 1, V + 1, V + 1, 5, 6]])  # 3 targets, cap 2
+    pos = jnp.asarray([[0, 3, 4, 7, 0, 0]])
+    with pytest.raises(ValueError, match="more than 2 targets"):
+        model.apply(params, inp, pos, 0 * pos, method="loss", train=False)
 
 
 def test_next_item_targets_ignore_the_key():
