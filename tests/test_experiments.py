@@ -361,13 +361,21 @@ def test_bench_ensemble_split_hand_numbers():
     assert ensemble_split(16, 25.0, 40.0)["shared_share"] == 0.96
 
 
-def test_bench_quick_prints_one_json_line_per_case():
+@pytest.mark.parametrize(
+    "only",
+    [
+        "sasrec-value",
+        pytest.param("", marks=pytest.mark.slow),  # every quick case
+    ],
+)
+def test_bench_quick_prints_one_json_line_per_case(only):
     from tests.conftest import run_module
 
-    out = run_module("experiments.bench", "--quick", "--epochs=1")
+    out = run_module("experiments.bench", "--quick", "--epochs=1", f"--only={only}")
     assert out.returncode == 0, out.stderr[-2000:]
     recs = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
-    assert [r["case"] for r in recs] == ["sasrec-none", "sasrec-value", "stosa-stoc"]
+    want = ["sasrec-none", "sasrec-value", "stosa-stoc"]
+    assert [r["case"] for r in recs] == ([only] if only else want)
     for r in recs:
         assert r["sec_per_epoch"] > 0 and r["eval_s"] > 0 and r["compile_s"] > 0
         assert r["seq_per_s"] == pytest.approx(

@@ -97,7 +97,16 @@ def _close(a, b, tol) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+QUICK = {"sasrec-none", "stosa-stoc"}  # the other three run with -m slow
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        c if c in QUICK else pytest.param(c, marks=pytest.mark.slow)
+        for c in sorted(CASES)
+    ],
+)
 def test_fixed_seed_runs_match_the_stored_fingerprint(case, tmp_path):
     stored = json.loads(STORED.read_text())
     want = stored["cases"][case]

@@ -73,7 +73,9 @@ def test_trimmed_gradient_equals_the_full_batch_gradient(
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("active", [[True], [True, False, True]])
+@pytest.mark.parametrize(
+    "active", [pytest.param([True], marks=pytest.mark.slow), [True, False, True]]
+)
 def test_trimmed_epoch_matches_the_plain_epoch(data, active):
     # Several members: the trimmed epoch runs them one after another (lax.map)
     # and skips the stopped one; the plain epoch vmaps them.
