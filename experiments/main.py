@@ -115,6 +115,8 @@ def main(argv):
         return
     except (ValueError, OSError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
+    if not parallel.is_primary():
+        return  # several hosts: process 0 reports for all of them
     print(f"\n{cfg.backbone} mech={cfg.mech} | protocol: {results['protocol']}")
     print(runner.results_table(results))
     if results.get("stopped"):

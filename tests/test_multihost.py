@@ -182,6 +182,7 @@ def runs(tmp_path_factory):
             ]
         )
         out[f"two_processes_{attempt}"] = wd, [err for _, err in two]
+        out[f"stdout_{attempt}"] = [o for o, _ in two]
         if attempt == 0:
             out["stopped"] = json.loads((wd / "results.json").read_text())
     out["two_processes"] = out["two_processes_1"]
@@ -235,6 +236,13 @@ def test_two_processes_stop_together_and_resume(runs):
     for err in runs["two_processes_1"][1]:
         assert "resumed at epoch 1" in err
     assert _results(runs, "two_processes")["epochs_run"] == 2
+
+
+@pytest.mark.slow
+def test_only_process_0_prints_the_results(runs):
+    first, second = runs["stdout_1"]
+    assert "best epoch" in first and "protocol:" in first
+    assert "best epoch" not in second and "protocol:" not in second, second
 
 
 @pytest.mark.slow
