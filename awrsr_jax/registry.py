@@ -94,6 +94,10 @@ class Backbone:
         targets) and the built module (its static fields, e.g. ``num_items``)
         -> the module's input and its targets (0: no target). ``L'`` is ``L``
         for next-item targets, ``L + 1`` for the cloze task.
+      causal: its attention is causal. A bidirectional encoder sees later
+        positions anyway, so the mechanisms whose only difference is to leak
+        them (``value_literal``) are not offered (on it they would only let
+        padding in).
     """
 
     name: str
@@ -108,14 +112,16 @@ class Backbone:
     )
     paper_space: Mapping[str, list] = dataclasses.field(default_factory=dict)
     targets: Callable = next_item_targets
+    causal: bool = True
 
     @property
     def mechs(self) -> tuple[str, ...]:
-        """Every mechanism this backbone can run (leaking ones included)."""
+        """Every mechanism this backbone can run (leaking ones included where
+        the backbone is causal)."""
         return tuple(
             m.name
             for m in refine.MECHANISMS.values()
-            if self.gaussian or not m.gaussian
+            if (self.gaussian or not m.gaussian) and (self.causal or not m.leaks)
         )
 
     @property
@@ -188,6 +194,7 @@ BACKBONES: dict[str, Backbone] = {
         },
         paper_space={"hidden": [64, 128]},  # our choice: SASRec's widths
         targets=cloze_targets,
+        causal=False,
     ),
 }
 

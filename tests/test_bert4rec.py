@@ -325,10 +325,13 @@ def test_config():
     for bad, flag in ((dict(mask_prob=0.0), "--mask_prob"),
                       (dict(mask_last=1.5), "--mask_last"),
                       (dict(mech="stoc"), "--mech"),
+                      (dict(mech="value_literal"), "--mech"),  # no future to leak
                       (dict(loss="bce"), "--loss")):  # fmt: skip
         with pytest.raises(ValueError, match=flag):
             _cfg(**bad)
     assert _cfg().loss_type == "ce"
+    assert registry.BACKBONES["bert4rec"].mechs == ("none", "simp", "value", "add")
+    assert "value_literal" in registry.BACKBONES["sasrec"].mechs
     # Its fields name bert4rec configs; other backbones' names are unchanged.
     assert "mask_prob" in _cfg().identity()
     assert "mask_prob" not in Config().identity()
