@@ -19,7 +19,10 @@ Wilcoxon p over users (:func:`awrsr_jax.stats.paired_test`), which are
 conditional on the trained models. Runs that share a label are the seeds of
 one row (``none=runs/none-s0 none=runs/none-s1``): they must differ only in
 their seeds. Every run must be on the same data (same ``data_sha256``), so the
-users pair up. ``--out`` also writes the table to a file (atomically).
+users pair up. ``--out`` also writes the table to a file (atomically);
+``--curves`` draws each row's learning curve (validation NDCG@5 per epoch,
+mean over the seeds evaluated at that epoch, from ``metrics.jsonl``), the best
+epochs marked, to an image file.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ flags.DEFINE_string("baseline", "", "label of the run the others are tested agai
 flags.DEFINE_list("metrics", ["Recall@1", "Recall@5", "NDCG@5", "NDCG@10"], "columns")
 flags.DEFINE_string("paired", "NDCG@5", "metric of the paired tests over users")
 flags.DEFINE_string("out", "", "also write the Markdown table to this file")
+flags.DEFINE_string(
+    "curves", "", "also draw each row's validation NDCG@5 per epoch to this image"
+)
 
 
 def load_run(arg: str) -> dict:
@@ -172,16 +178,56 @@ def _seed_p(run: dict, base: dict, metric: str) -> str:
     return f"{stats.seed_paired_test(values(run), values(base)).p:.2g}"
 
 
+def curve_data(runs: list[dict]) -> dict:
+    """``{label: (epochs, mean validation NDCG@5, best epochs)}``: each label's
+    validation NDCG@5 per epoch from its runs' ``metrics.jsonl``, averaged over
+    the seeds evaluated at that epoch (:func:`experiments.figures.valid_curve`),
+    and every seed's best epoch."""
+    from experiments.figures import valid_curve
+
+    records, best = {}, {}
+    for r in runs:
+        with open(os.path.join(r["dir"], "metrics.jsonl")) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        records.setdefault(r["label"], []).extend(lines)
+        best.setdefault(r["label"], []).extend(as_list(r["results"]["best_epoch"]))
+    return {k: (*valid_curve(records[k]), best[k]) for k in records}
+
+
+def curves(runs: list[dict], path: str) -> str:
+    """Draw :func:`curve_data` to the image ``path`` (its extension names the
+    format), a dot at each best epoch; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, (x, y, best) in curve_data(runs).items():
+        (line,) = ax.plot(x, y, lw=1.3, label=label)
+        ax.plot(best, np.interp(best, x, y), "o", ms=4, color=line.get_color())
+    ax.set(xlabel="epoch", ylabel="validation NDCG@5")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    ext = os.path.splitext(path)[1].lstrip(".") or "png"
+    with files.atomic_open(path, "wb") as f:
+        fig.savefig(f, format=ext, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError("give the workdirs to compare (WORKDIR or LABEL=WORKDIR)")
-    md = table(
-        [load_run(a) for a in argv[1:]], FLAGS.baseline, FLAGS.metrics, FLAGS.paired
-    )
+    runs = [load_run(a) for a in argv[1:]]
+    md = table(runs, FLAGS.baseline, FLAGS.metrics, FLAGS.paired)
     sys.stdout.write(md)
     if FLAGS.out:
         files.write_text(FLAGS.out, md)
         print(f"wrote {FLAGS.out}", file=sys.stderr)
+    if FLAGS.curves:
+        print(f"wrote {curves(runs, FLAGS.curves)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -145,3 +145,31 @@ def test_seed_level_p_pairs_the_shared_seeds(tmp_path):
     d = np.array([1.0 - 0.5, 0.75 - 0.5])
     p = 2 * sps.t.sf(d.mean() / (d.std(ddof=1) / np.sqrt(2)), 1)
     assert rows[3][10] == f"{p:.2g}"
+
+
+def test_learning_curves_average_the_seeds_of_a_row(tmp_path):
+    a = _run(tmp_path / "a", "none", [[1, 2]], [{"NDCG@5": 0.8}])
+    b0 = _run(tmp_path / "b0", "add", [[1, 2]], [{"NDCG@5": 0.8}], seed=0)
+    b1 = _run(tmp_path / "b1", "add", [[1, 2]], [{"NDCG@5": 0.8}], seed=1)
+
+    def metrics(path, values):
+        lines = [{"epoch": e, "member": 0, "valid": {"NDCG@5": v}}
+                 for e, v in enumerate(values)]  # fmt: skip
+        lines.insert(1, {"epoch": 0, "member": 1, "loss": 1.0})  # no validation
+        (tmp_path / path / "metrics.jsonl").write_text(
+            "\n".join(json.dumps(x) for x in lines) + "\n"
+        )
+
+    metrics("a", [0.1, 0.2, 0.3])
+    metrics("b0", [0.2, 0.4])
+    metrics("b1", [0.4, 0.6, 0.5])
+    runs = [compare.load_run(x) for x in (a, b0, b1)]
+    got = compare.curve_data(runs)
+    assert list(got) == ["none", "add"]
+    np.testing.assert_allclose(got["none"][1], [0.1, 0.2, 0.3])
+    np.testing.assert_array_equal(got["add"][0], [0, 1, 2])
+    np.testing.assert_allclose(got["add"][1], [0.3, 0.5, 0.5])  # epoch 2: b1 only
+    assert got["add"][2] == [3, 3] and got["none"][2] == [3]
+    path = compare.curves(runs, str(tmp_path / "curves.png"))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["curves.png"]
