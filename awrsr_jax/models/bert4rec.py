@@ -227,7 +227,14 @@ class BERT4Rec(nn.Module):
         states = self(seq_BxL, train=train)
         where = pos_BxL > 0
         k = min(seq_BxL.shape[1], cloze_cap(seq_BxL.shape[1], self.mask_prob))
-        if not isinstance(where, jax.core.Tracer) and int(where.sum(1).max()) > k:
+        try:  # eager calls only: traced targets come from cloze_targets
+            most = int(where.sum(1).max())
+        except (
+            jax.errors.ConcretizationTypeError,
+            jax.errors.TracerIntegerConversionError,
+        ):
+            most = 0
+        if most > k:
             raise ValueError(
                 f"a row holds more than {k} targets, the most this loss scores "
                 f"per row at length {seq_BxL.shape[1]} and mask_prob "
