@@ -25,7 +25,9 @@ workdir is refused (:class:`awrsr_jax.files.WorkdirLock`).
 
 Resuming: the same call with the same workdir continues from the newest
 checkpoint; ``metrics.jsonl`` is rewritten from the history saved in it. A
-different config, dataset, seed list or sweep is refused. A workdir that
+different config, dataset, seed list or sweep is refused, except a larger
+``epochs``: it continues the members still within their patience, exactly as
+if the cap had been larger from the start (:func:`longer_cap`). A workdir that
 holds results but no readable checkpoint is never restarted from scratch
 unless ``Options(restart=True)``, which first moves the old files to
 ``replaced-<k>/``.
@@ -139,8 +141,18 @@ def protocol_text(cfg: Config, num_items: int) -> str:
     )
 
 
-def check_same_run(old: dict, new: dict, where: str) -> None:
-    """Refuses to continue ``old`` (a saved identity) with a different ``new``."""
+def longer_cap(old: dict, new: dict) -> bool:
+    """Whether config ``new`` raises config ``old``'s epoch cap such that
+    continuing ``old`` gives exactly the run ``new`` would have been from the
+    start: validation every epoch, or the old cap on the validation schedule
+    (the last epoch is always validated)."""
+    a, b, every = old.get("epochs"), new.get("epochs"), old.get("eval_every", 1)
+    return a is not None and b is not None and b > a and a % every == 0
+
+
+def run_diffs(old: dict, new: dict) -> list[str]:
+    """What keeps ``new`` from continuing ``old`` (saved identities): every
+    field of :data:`IDENTITY` that differs, except a :func:`longer_cap`."""
     diffs = []
     for key in IDENTITY:
         a, b = old.get(key), new.get(key)
@@ -148,10 +160,17 @@ def check_same_run(old: dict, new: dict, where: str) -> None:
             diffs += [
                 f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
                 for k in sorted(set(a) | set(b))
-                if a.get(k) != b.get(k)
+                if a.get(k) != b.get(k) and not (k == "epochs" and longer_cap(a, b))
             ]
         elif a != b:
             diffs.append(f"{key}: {str(a)[:40]!r} -> {str(b)[:40]!r}")
+    return diffs
+
+
+def check_same_run(old: dict, new: dict, where: str) -> None:
+    """Refuses to continue ``old`` (a saved identity) with a different ``new``
+    (:func:`run_diffs`)."""
+    diffs = run_diffs(old, new)
     if diffs:
         raise ValueError(
             f"{where} belongs to a different run ({'; '.join(diffs[:4])}); "
@@ -178,6 +197,18 @@ class _TermFlag:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def run_identity(cfg: Config, data: Dataset, seeds, sweep) -> dict:
+    """What names a run (:data:`IDENTITY`); ``seeds`` as
+    :func:`awrsr_jax.train.members_of` returns them."""
+    return {
+        "config": json.loads(cfg.to_json()),
+        "dataset": data.name,
+        "data_sha256": data.sha256,
+        "seeds": seeds,
+        "sweep": sweep or {},
+    }
+
+
 def run(
     cfg: Config,
     *,
@@ -200,13 +231,7 @@ def run(
     options.check()
     seeds = train.members_of(cfg, seeds, sweep)
     built = data.build(cfg.max_len)  # bad data fails here, before any file
-    identity = {
-        "config": json.loads(cfg.to_json()),
-        "dataset": data.name,
-        "data_sha256": data.sha256,
-        "seeds": seeds,
-        "sweep": sweep or {},
-    }
+    identity = run_identity(cfg, data, seeds, sweep)
     meta = identity | {
         "data_file": data.path,
         "num_items": built.num_items,

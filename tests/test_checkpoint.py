@@ -234,6 +234,21 @@ def test_a_different_config_in_the_workdir_is_refused(ref):
         run(ref, CFG.replace(lr=0.002))
 
 
+def test_a_larger_epoch_cap_continues_the_run_exactly(ref, tmp_path):
+    wd = tmp_path / "wd"
+    run(wd, CFG.replace(epochs=3))
+    run(wd, CFG)  # 3 -> 5 epochs: the same run as 5 from the start
+    assert_same_run(ref, wd)
+    with pytest.raises(ValueError, match=r"different run \(epochs: 5 -> 4\)"):
+        run(ref, CFG.replace(epochs=4))
+    # Validated every 2 epochs, a 3-epoch run validated its last epoch, which
+    # a longer run would not have: continuing it would not be that run.
+    odd = tmp_path / "odd"
+    run(odd, CFG.replace(epochs=3, eval_every=2))
+    with pytest.raises(ValueError, match=r"different run \(epochs: 3 -> 5\)"):
+        run(odd, CFG.replace(eval_every=2))
+
+
 CHILD = """
 import sys, time
 from awrsr_jax import train

@@ -96,6 +96,28 @@ def test_grid_resumes_and_records_divergence(tmp_path, monkeypatch):
     assert rows[1].split(",")[0] == recs[0]["hash"] and ",0.3," in rows[2]
 
 
+def test_grid_with_a_larger_epoch_cap_continues_the_shorter_group(tmp_path):
+    from tests.conftest import tiny_config, tiny_seqs
+
+    data = datasets.Dataset("synthetic", tiny_seqs())
+    short = [tiny_config(layers=1, epochs=2, patience=50, lr=lr) for lr in (1e-3, 2e-3)]
+    grid.run_search(short, data, str(tmp_path), log=io.StringIO())
+    (old,) = (tmp_path / "groups").iterdir()
+    before = (old / "metrics.jsonl").read_text()
+    log = io.StringIO()
+    table = grid.run_search([c.replace(epochs=4) for c in short], data,
+                            str(tmp_path), log=log)  # fmt: skip
+    assert f"continues {old} (epoch cap 2 -> 4)" in log.getvalue()
+    new = [d for d in (tmp_path / "groups").iterdir() if d != old]
+    assert len(new) == 1 and (old / "metrics.jsonl").read_text() == before
+    lines = (new[0] / "metrics.jsonl").read_text().splitlines()
+    assert lines[:4] == before.splitlines() and len(lines) == 8  # 2 members
+    assert len(table) == 4 and {r["epochs_run"] for r in table.records.values()} == {
+        2,
+        4,
+    }
+
+
 def test_table_entries_gpu_budget():
     ds, bb = ["ml-1m", "beauty"], ["sasrec", "stosa"]
     t2 = reproduce.table_entries("2", ds, bb, "gpu")
