@@ -187,9 +187,7 @@ def curve_data(runs: list[dict]) -> dict:
 
     records, best = {}, {}
     for r in runs:
-        with open(os.path.join(r["dir"], "metrics.jsonl")) as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-        records.setdefault(r["label"], []).extend(lines)
+        records.setdefault(r["label"], []).extend(results.read_metrics(r["dir"]))
         best.setdefault(r["label"], []).extend(as_list(r["results"]["best_epoch"]))
     return {k: (*valid_curve(records[k]), best[k]) for k in records}
 
