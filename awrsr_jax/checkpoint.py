@@ -23,8 +23,10 @@ metadata or arrays fail to read is moved to ``DIR-unreadable/<step>`` (or
 or overwritten) with one ``warning:`` line on stderr, and the previous step is
 used. (Read-only stores move nothing; they warn and fall back the same way.)
 A failed tensorstore read leaves callbacks that fire on orbax's closed event
-loop and print "Event loop is closed" tracebacks; those, and only those, are
-silenced (:func:`_quiet_closed_loop_noise`), so the warning stays visible.
+loop and print "Event loop is closed" tracebacks, and sibling reads of the same
+step whose errors asyncio logs as "Task exception was never retrieved"; those,
+and only those, are silenced (:func:`_quiet_closed_loop_noise`), so the
+warning stays visible.
 Saves are synchronous: the epoch function donates the state buffers, so a
 background save must not still be reading them. Nothing here uses pickle.
 """
@@ -32,6 +34,7 @@ background save must not still be reading them. Nothing here uses pickle.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pathlib
 import sys
@@ -52,18 +55,36 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model asked for, or none to read."""
 
 
+class _DropOrbaxUnretrievedTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records for orbax
+    coroutines; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (
+            msg.startswith("Task exception was never retrieved") and "orbax" in msg
+        )
+
+
 def _quiet_closed_loop_noise() -> None:
-    """Drops ``RuntimeError("Event loop is closed")`` raised in callbacks that
-    nobody can catch (``sys.unraisablehook``); everything else goes on to the
-    previous hook. Idempotent.
+    """Drops two kinds of noise that follow a failed read. Idempotent.
 
     Orbax reads a step by running coroutines on a fresh event loop and closes
-    the loop as soon as the first tensorstore read fails; the reads still in
+    the loop as soon as the first tensorstore read fails. The reads still in
     flight then complete in tensorstore's threads, their done-callbacks call
-    ``loop.call_soon_threadsafe`` on the closed loop, and each raises this
-    error, printed as a traceback. It carries no information: the failure
-    itself is raised to :meth:`Store.restore`, which reports it.
+    ``loop.call_soon_threadsafe`` on the closed loop, and each raises
+    ``RuntimeError("Event loop is closed")`` where nobody can catch it
+    (``sys.unraisablehook``: only that error is dropped, everything else goes
+    on to the previous hook). And when several reads of the step fail,
+    ``asyncio.gather`` raises the first; the others, once collected, are logged
+    by the ``asyncio`` logger as "Task exception was never retrieved" (only
+    those of orbax coroutines are dropped; how many appear depends on timing).
+    Neither carries information: the failure itself is raised to
+    :meth:`Store.restore`, which reports it.
     """
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropOrbaxUnretrievedTasks) for f in log.filters):
+        log.addFilter(_DropOrbaxUnretrievedTasks())
     previous = sys.unraisablehook
     if getattr(previous, "_drops_closed_loop_noise", False):
         return
