@@ -68,6 +68,12 @@ def _read(path, data_format: str, name: str) -> Dataset:
     return Dataset(name, seqs, os.path.abspath(path))
 
 
+def label(name: str) -> str:
+    """The name :func:`load` gives ``--dataset=name``'s data (a file's stem for
+    a path), which grid ``best.json`` files record as their ``dataset``."""
+    return name if name in NAMES else pathlib.Path(name).stem
+
+
 def load(name: str, data_format: str = "auto") -> Dataset:
     """The dataset called ``name`` (see the module docstring)."""
     if name == "synthetic":
@@ -80,7 +86,7 @@ def load(name: str, data_format: str = "auto") -> Dataset:
             raise ValueError(f"--dataset={name}: {path} not found (see shared/data)")
         return _read(path, data_format, name)
     if os.path.exists(name):
-        return _read(name, data_format, pathlib.Path(name).stem)
+        return _read(name, data_format, label(name))
     raise ValueError(
         f"--dataset={name!r}: choose from {list(NAMES)} or give a file path"
     )

@@ -67,15 +67,34 @@ CONFIG_KEYS = ("max_len", "hidden", "layers", "heads", "dropout", "lr", "l2",
 
 
 def base_config(dataset, backbone, budget, tuned=()) -> Config:
-    """(dataset, backbone)'s config: a grid ``best.json``, else the backbone's
-    registry configuration for that dataset."""
+    """(dataset, backbone)'s config: a grid ``best.json`` (whose ``dataset`` is
+    :func:`awrsr_jax.datasets.label` of ``dataset``: a file's stem for a path),
+    else the backbone's registry configuration for that dataset; a dataset
+    with neither is refused outside the smoke budget."""
     for info in tuned:
-        if info["dataset"] == dataset and info["backbone"] == backbone:
+        if info["dataset"] == datasets.label(dataset) and info["backbone"] == backbone:
             return Config.from_dict(info["config"])
     per_dataset = registry.backbone(backbone).per_dataset
-    if budget == "smoke" or dataset not in per_dataset:
+    if budget == "smoke":
         return Config(backbone=backbone, **SMOKE)
+    if dataset not in per_dataset:
+        raise ValueError(
+            f"--datasets={dataset}: no {backbone} configuration for it; give a "
+            f"grid's best.json for it with --tuned= (or --budget=smoke)"
+        )
     return Config(backbone=backbone, **per_dataset[dataset])
+
+
+def check_tuned(paths, tuned, datasets_, backbones) -> None:
+    """Refuses a ``--tuned`` file that no (dataset, backbone) of the table uses."""
+    wanted = {(datasets.label(d), b) for d in datasets_ for b in backbones}
+    for path, info in zip(paths, tuned):
+        if (info.get("dataset"), info.get("backbone")) not in wanted:
+            raise ValueError(
+                f"--tuned={path}: its dataset {info.get('dataset')!r} / backbone "
+                f"{info.get('backbone')!r} is not in this table "
+                f"(--datasets={','.join(datasets_)}, --backbones={','.join(backbones)})"
+            )
 
 
 def table_entries(table, datasets, backbones, budget, tuned=(), mechs=None):
@@ -409,11 +428,13 @@ def main(argv):
         if not f.from_results:
             if f.cell_minutes is not None and f.cell_minutes < 0:
                 raise ValueError(f"--cell_minutes={f.cell_minutes}: must be >= 0")
-            tuned = [files.read_json(p) for p in filter(None, f.tuned.split(","))]
-            bbs = f.backbones or b["backbones"]
+            tuned_paths = list(filter(None, f.tuned.split(",")))
+            tuned = [files.read_json(p) for p in tuned_paths]
+            dss = (f.datasets or b["datasets"]).split(",")
+            bbs = (f.backbones or b["backbones"]).split(",")
+            check_tuned(tuned_paths, tuned, dss[-1:] if f.table == "3" else dss, bbs)
             mechs = f.mechs or b["mechs"]
-            entries = table_entries(f.table, (f.datasets or b["datasets"]).split(","),
-                                    bbs.split(","), f.budget, tuned,
+            entries = table_entries(f.table, dss, bbs, f.budget, tuned,
                                     mechs.split(",") if mechs else None)  # fmt: skip
             command = " ".join(["python -m experiments.reproduce", *sys.argv[1:]])
             run_table(f.table, entries, out, seeds=list(range(f.seeds or b["seeds"])),

@@ -137,6 +137,33 @@ def test_table_entries_gpu_budget():
     assert cfg.hidden == 128
 
 
+def test_a_tuned_file_for_a_dataset_path_is_used_and_a_stray_one_refused(tmp_path):
+    # grid records a file's stem as best.json's dataset; reproduce is given the
+    # path: the two must meet, never fall back silently to another config
+    path = str(tmp_path / "anime.txt")
+    (tmp_path / "anime.txt").write_text("1 1\n")
+    assert datasets.label(path) == "anime" and datasets.label("ml-1m") == "ml-1m"
+    tuned = [{"dataset": "anime", "backbone": "sasrec",
+              "config": dataclasses.asdict(Config(hidden=128, max_len=30))}]  # fmt: skip
+    cfg = reproduce.base_config(path, "sasrec", "gpu", tuned)
+    assert (cfg.hidden, cfg.max_len) == (128, 30)
+    reproduce.check_tuned(["best.json"], tuned, [path], ["sasrec"])
+    with pytest.raises(ValueError) as e:
+        reproduce.base_config(path, "sasrec", "gpu")
+    assert str(e.value).startswith(f"--datasets={path}: no sasrec configuration")
+    assert "--tuned=" in str(e.value)
+    assert (
+        reproduce.base_config(path, "sasrec", "smoke").hidden
+        == reproduce.SMOKE["hidden"]
+    )
+    for dss, bbs in [(["ml-1m"], ["sasrec"]), ([path], ["stosa"])]:
+        with pytest.raises(ValueError) as e:
+            reproduce.check_tuned(["runs/a/best.json"], tuned, dss, bbs)
+        assert str(e.value).startswith(
+            "--tuned=runs/a/best.json: its dataset 'anime' / backbone 'sasrec' is not in"
+        )
+
+
 def test_manifest_merges_commands(tmp_path):
     def specs(ds, mechs):
         return [(ds, Config(mech=m), f"{ds}-{m}") for m in mechs]
