@@ -1,0 +1,97 @@
+"""Helpers of run.sh, reading a grid's ``results.jsonl`` / ``best.json``.
+
+python results/paper_protocol/protocol.py field DIR KEY
+    DIR/best.json's config[KEY]
+python results/paper_protocol/protocol.py seed-stage2 STAGE1 STAGE2
+    writes stage 1's best row as STAGE2/results.jsonl (stage 2a's max
+    length 50 is that config, so the grid skips it)
+python results/paper_protocol/protocol.py continue STAGE2 MAX_LEN HIDDEN HEADS
+    exit 0 if lr 1e-4 should go on to a 400-epoch cap (the stage-3 rule
+    in PROGRESS.md: it ended at the 200 cap more than 0.001 above lr
+    1e-3 in validation NDCG@5), else 1
+python results/paper_protocol/protocol.py original STAGE2 MAX_LEN HIDDEN HEADS
+    prints Original's configuration as a best.json (for reproduce
+    --tuned): the better of lr 1e-3 and lr 1e-4 at stage 3, where an lr
+    1e-4 run cut by the 200 cap within 0.001 of lr 1e-3 counts as a tie
+    resolved for lr 1e-3, the one that converged
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+MARGIN = 0.001
+
+
+def _rows(d):
+    with open(os.path.join(d, "results.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _best(d):
+    with open(os.path.join(d, "best.json")) as f:
+        return json.load(f)
+
+
+def _at_cap(r):
+    return r["epochs_run"] >= r["config"]["epochs"]
+
+
+def _stage3(d, max_len, hidden, heads):
+    """{(lr, epoch cap): row} of the stage-3 config's runs."""
+    want = {"max_len": int(max_len), "hidden": int(hidden), "heads": int(heads)}
+    return {
+        (r["config"]["lr"], r["config"]["epochs"]): r
+        for r in _rows(d)
+        if r["status"] == "ok" and all(r["config"][k] == v for k, v in want.items())
+    }
+
+
+def _ndcg(r):
+    return r["valid"]["NDCG@5"]
+
+
+def should_continue(d, *cfg) -> bool:
+    runs = _stage3(d, *cfg)
+    lr3, lr4 = runs[(1e-3, 200)], runs[(1e-4, 200)]
+    return _at_cap(lr4) and _ndcg(lr4) > _ndcg(lr3) + MARGIN and (1e-4, 400) not in runs
+
+
+def original(d, *cfg) -> dict:
+    runs = _stage3(d, *cfg)
+    lr3, lr4 = runs[(1e-3, 200)], runs.get((1e-4, 400), runs[(1e-4, 200)])
+    if _at_cap(lr4) and _ndcg(lr4) <= _ndcg(lr3) + MARGIN:
+        pick = lr3
+    else:
+        pick = max((lr3, lr4), key=_ndcg)
+    info = _best(d)
+    keep = ("hash", "config", "valid", "test")
+    return {
+        **{k: info[k] for k in ("dataset", "backbone")},
+        **{k: pick[k] for k in keep},
+    }
+
+
+def main(argv):
+    cmd, d, *rest = argv
+    if cmd == "field":
+        print(_best(d)["config"][rest[0]])
+    elif cmd == "seed-stage2":
+        h = _best(d)["hash"]
+        (row,) = [r for r in _rows(d) if r["hash"] == h]
+        os.makedirs(rest[0], exist_ok=True)
+        with open(os.path.join(rest[0], "results.jsonl"), "w") as f:
+            f.write(json.dumps(row) + "\n")
+    elif cmd == "continue":
+        return 0 if should_continue(d, *rest) else 1
+    elif cmd == "original":
+        print(json.dumps(original(d, *rest), indent=2, sort_keys=True))
+    else:
+        raise SystemExit(f"unknown command {cmd!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,79 @@
+#!/bin/bash
+# The paper's protocol for SASRec on one dataset, as PROGRESS.md describes it:
+# search Original at one layer (stage 1: L2 x dropout; 2a max length; 2b
+# hidden; 2c heads; 3 lr, with the stage-3 rule), then Table 2 (every
+# mechanism at the winner, 5 seeds each). Every step resumes, so the same
+# command goes on after a stop, in a later session too:
+#
+#   bash results/paper_protocol/run.sh ml-1m
+#   bash results/paper_protocol/run.sh anime      # prepares runs/data/anime first
+#   bash results/paper_protocol/run.sh beauty
+#
+# Raw runs go to runs/paper/ (not committed). A finished stage's
+# results.jsonl, best.json and summary.* are copied to
+# results/paper_protocol/search/TAG-sasrec-stage{1,2}/ (to commit), and a
+# committed stage is copied back first, so a fresh checkout does not retrain
+# it (grid skips configs whose hash is in results.jsonl). CELL_MINUTES
+# (default 60) is each Table 2 cell's share per command; the table and its
+# cells go to runs/paper/reproduce/TAG/ (one folder per dataset, so two
+# datasets can run at once).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+P=results/paper_protocol
+
+case "${1:-}" in
+  ml-1m) TAG=ml1m DATA=ml-1m ;;
+  beauty) TAG=beauty DATA=beauty ;;
+  anime) TAG=anime DATA=runs/data/anime/anime.txt
+    [ -f "$DATA" ] || python -m data_prep --dataset=anime \
+      --raw=../shared/data/raw/anime-caserec-5k --out=runs/data/anime ;;
+  *) echo "usage: $0 ml-1m|beauty|anime" >&2; exit 2 ;;
+esac
+
+S1=runs/paper/search/$TAG-sasrec S2=runs/paper/search/$TAG-sasrec-stage2
+grid() { python -m experiments.grid --backbone=sasrec --dataset="$DATA" "$@"; }
+proto() { python $P/protocol.py "$@"; }
+sync_in() {  # committed stage -> its runs/ folder (unless that has more rows)
+  local c=$P/search/$TAG-sasrec-$2
+  if [ -f "$c/results.jsonl" ] && [ "$(cat "$1/results.jsonl" 2>/dev/null | wc -l)" -lt "$(wc -l < "$c/results.jsonl")" ]; then
+    mkdir -p "$1" && cp "$c/results.jsonl" "$1/results.jsonl"
+  fi
+}
+sync_out() {  # a stage with new rows -> its committed folder
+  local c=$P/search/$TAG-sasrec-$2
+  cmp -s "$1/results.jsonl" "$c/results.jsonl" && return
+  mkdir -p "$c" && cp "$1"/{results.jsonl,best.json,summary.md,summary.csv} "$c/"
+}
+
+# stage 1: L2 x dropout at hidden 64, max length 50, 1 head, lr 1e-3
+sync_in "$S1" stage1
+grid --space=$P/stage1_space.json --set=layers=1,hidden=64,max_len=50,heads=1,lr=0.001,batch_size=128 --out="$S1"
+sync_out "$S1" stage1
+L2=$(proto field "$S1" l2) DROP=$(proto field "$S1" dropout)
+FIX="layers=1,l2=$L2,dropout=$DROP,batch_size=128"
+
+# stage 2: one coordinate at a time; stage 1's best config is 2a's max length 50
+sync_in "$S2" stage2
+[ -s "$S2/results.jsonl" ] || proto seed-stage2 "$S1" "$S2"
+grid --space=$P/stage2a_space.json --set=$FIX,hidden=64,heads=1,lr=0.001 --out="$S2"
+ML=$(proto field "$S2" max_len)
+grid --space=$P/stage2b_space.json --set=$FIX,max_len=$ML,heads=1,lr=0.001 --out="$S2"
+H=$(proto field "$S2" hidden)
+grid --space=$P/stage2c_space.json --set=$FIX,max_len=$ML,hidden=$H,lr=0.001 --out="$S2"
+HD=$(proto field "$S2" heads)
+
+# stage 3: lr 1e-4 beside 1e-3; the rule (PROGRESS.md) decides a longer cap
+SET3=$FIX,max_len=$ML,hidden=$H,heads=$HD
+grid --space=$P/stage3_space.json --set=$SET3 --out="$S2"
+if proto continue "$S2" "$ML" "$H" "$HD"; then
+  grid --space=$P/stage3b_space.json --set=$SET3,epochs=400 --out="$S2"
+fi
+sync_out "$S2" stage2
+proto original "$S2" "$ML" "$H" "$HD" > "$S2/original.json"
+cmp -s "$S2/original.json" "$P/search/$TAG-sasrec-stage2/original.json" ||
+  cp "$S2/original.json" "$P/search/$TAG-sasrec-stage2/original.json"
+
+# Table 2: every mechanism at Original's configuration, 5 seeds, cap 400
+python -m experiments.reproduce --table=2 --datasets="$DATA" --backbones=sasrec --seeds=5 \
+  --tuned=$P/search/$TAG-sasrec-stage2/original.json --epochs=400 --out=runs/paper/reproduce/$TAG \
+  --cell_minutes="${CELL_MINUTES:-60}"

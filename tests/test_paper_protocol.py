@@ -1,0 +1,83 @@
+"""results/paper_protocol/protocol.py: the stage-3 rule on hand-made rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "protocol", REPO / "results" / "paper_protocol" / "protocol.py"
+)
+protocol = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(protocol)
+
+CFG = {"max_len": 50, "hidden": 128, "heads": 2}
+
+
+def _row(h, lr, ndcg, epochs_run, cap=200, **cfg):
+    return {
+        "hash": h,
+        "status": "ok",
+        "epochs_run": epochs_run,
+        "config": {**CFG, **cfg, "lr": lr, "epochs": cap},
+        "valid": {"NDCG@5": ndcg},
+        "test": {"NDCG@5": ndcg / 2},
+    }
+
+
+def _stage(tmp_path, rows, best):
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = {"dataset": "beauty", "backbone": "sasrec", **best}
+    (tmp_path / "best.json").write_text(json.dumps(info))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "lr4, run4, cont, pick",
+    [
+        (0.0273, 200, True, "b"),  # at the cap, 0.0017 above: go on
+        (0.0262, 200, False, "a"),  # at the cap within 0.001: tie -> lr 1e-3
+        (0.0250, 200, False, "a"),  # at the cap, below
+        (0.0262, 150, False, "b"),  # early-stopped, above: the better one
+        (0.0250, 150, False, "a"),  # early-stopped, below
+    ],
+)
+def test_stage3_rule(tmp_path, lr4, run4, cont, pick):
+    rows = [
+        _row("a", 1e-3, 0.0256, 80),
+        _row("b", 1e-4, lr4, run4),
+        _row("x", 1e-4, 0.05, 200, hidden=64),  # another config: ignored
+    ]
+    d = _stage(tmp_path, rows, rows[2])
+    assert protocol.should_continue(d, 50, 128, 2) is cont
+    got = protocol.original(d, "50", "128", "2")
+    assert got["hash"] == pick and got["dataset"] == "beauty"
+    assert got["config"] == next(r["config"] for r in rows if r["hash"] == pick)
+
+
+def test_stage3_after_the_longer_cap(tmp_path):
+    rows = [
+        _row("a", 1e-3, 0.0256, 80),
+        _row("b", 1e-4, 0.0273, 200),
+        _row("c", 1e-4, 0.0285, 226, cap=400),
+    ]
+    d = _stage(tmp_path, rows, rows[2])
+    assert protocol.should_continue(d, 50, 128, 2) is False  # already continued
+    assert protocol.original(d, 50, 128, 2)["hash"] == "c"
+    rows[2] = _row("c", 1e-4, 0.0260, 400, cap=400)  # cut again, within 0.001
+    d = _stage(tmp_path, rows, rows[0])
+    assert protocol.original(d, 50, 128, 2)["hash"] == "a"
+
+
+def test_seed_stage2_copies_stage1_best_row(tmp_path):
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    s1.mkdir()
+    rows = [_row("p", 1e-3, 0.02, 90), _row("q", 1e-3, 0.03, 95)]
+    _stage(s1, rows, rows[1])
+    assert protocol.main(["seed-stage2", str(s1), str(s2)]) == 0
+    got = [json.loads(x) for x in (s2 / "results.jsonl").read_text().splitlines()]
+    assert got == [rows[1]]
