@@ -204,3 +204,17 @@ def backbone(name: str) -> Backbone:
     if name not in BACKBONES:
         raise ValueError(f"--backbone={name!r}: choose from {tuple(BACKBONES)}")
     return BACKBONES[name]
+
+
+def check_table_mechs(mechs, backbones) -> None:
+    """Refuses a ``--mechs`` name that is a table mechanism of none of
+    ``backbones`` (a typo, or ``stoc`` without STOSA), which the tables would
+    otherwise skip without a word; one that fits some of them (``stoc`` with
+    SASRec and STOSA) runs where it fits."""
+    allowed = {m for bb in backbones for m in backbone(bb).table_mechs}
+    for m in mechs or ():
+        if m not in allowed:
+            raise ValueError(
+                f"--mechs={','.join(mechs)}: {m!r} is not a mechanism of "
+                f"{'/'.join(backbones)}; choose from {sorted(allowed)}"
+            )

@@ -358,10 +358,13 @@ def train_all(f, b, out) -> None:
     """Writes the budget's datasets and trains their cells (flags ``f``)."""
     orders = [int(k) for k in f.orders] if f.orders else b["orders"]
     specs = specs_of(b, orders, f.variations)
+    mechs = [
+        m for m in (f.mechs if f.mechs is not None else b["mechs"]).split(",") if m
+    ]
+    backbones = (f.backbones or b["backbones"]).split(",")
+    registry.check_table_mechs(mechs, backbones)  # before any file is written
     paths = [write(s, os.path.join(out, "data")) for s in specs]
-    mechs = (f.mechs if f.mechs is not None else b["mechs"]).split(",")
-    entries = entries_of(paths, (f.backbones or b["backbones"]).split(","),
-                         [m for m in mechs if m], b["model"])  # fmt: skip
+    entries = entries_of(paths, backbones, mechs, b["model"])
     run_sweep(entries, out, max_minutes=f.max_minutes,
               cell_minutes=b["cell_minutes"] if f.cell_minutes is None
               else f.cell_minutes, seeds=list(range(f.seeds or b["seeds"])),

@@ -99,6 +99,7 @@ def check_tuned(paths, tuned, datasets_, backbones) -> None:
 
 def table_entries(table, datasets, backbones, budget, tuned=(), mechs=None):
     """``[(dataset, cfg)]``; Table 3 uses the last dataset only (Beauty)."""
+    registry.check_table_mechs(mechs, backbones)
     out = []
     for ds in datasets[-1:] if table == "3" else datasets:
         for bb in backbones:

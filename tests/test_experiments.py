@@ -137,6 +137,22 @@ def test_table_entries_gpu_budget():
     assert cfg.hidden == 128
 
 
+def test_mechs_that_fit_no_backbone_are_refused():
+    # a typo or stoc without STOSA once gave an empty table without a word
+    for mechs, bbs, bad in [(["none", "vlaue"], ["sasrec"], "vlaue"),
+                            (["stoc"], ["sasrec"], "stoc"),
+                            (["value_literal"], ["sasrec"], "value_literal")]:  # fmt: skip
+        with pytest.raises(ValueError) as e:
+            reproduce.table_entries("2", ["smoke"], bbs, "smoke", mechs=mechs)
+        assert str(e.value).startswith(
+            f"--mechs={','.join(mechs)}: {bad!r} is not a mechanism of sasrec; "
+            "choose from ['add', 'none', 'simp', 'value']"
+        )
+    both = reproduce.table_entries("2", ["smoke"], ["sasrec", "stosa"], "smoke",
+                                   mechs=["stoc"])  # fmt: skip
+    assert [(c.backbone, c.mech) for _, c in both] == [("stosa", "stoc")]
+
+
 def test_a_tuned_file_for_a_dataset_path_is_used_and_a_stray_one_refused(tmp_path):
     # grid records a file's stem as best.json's dataset; reproduce is given the
     # path: the two must meet, never fall back silently to another config

@@ -254,6 +254,19 @@ def test_max_minutes_zero_starts_no_cell(tmp_path, capsys):
     assert not (tmp_path / "cells").exists()
 
 
+def test_cli_refuses_unknown_mechs_before_writing_anything(tmp_path):
+    out = tmp_path / "p"
+    res = run_module("experiments.planted", "--budget=smoke", f"--out={out}",
+                     "--mechs=none,ad")  # fmt: skip
+    assert res.returncode == 1
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --mechs=none,ad: 'ad' is not a mechanism of sasrec")
+    )
+    assert not out.exists()
+
+
 @pytest.mark.slow  # two tiny cells, compiled: about 40 s on a busy 2-core CPU
 def test_cli_smoke_end_to_end_and_resume(tmp_path):
     out = tmp_path / "p"
