@@ -215,8 +215,14 @@ def summary_markdown(records, title: str, top: int = 20) -> str:
 
 
 def summary_csv(records) -> str:
+    """One row per record; a config field no record names (one its backbone
+    does not read) gets no column."""
     names = metric_names()
-    fields = [f.name for f in dataclasses.fields(Config)]
+    fields = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if any(f.name in r["config"] for r in records)
+    ]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(

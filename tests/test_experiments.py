@@ -94,6 +94,7 @@ def test_grid_resumes_and_records_divergence(tmp_path, monkeypatch):
     later = dict(recs[0], hash="later", config=dict(recs[0]["config"], mask_prob=0.3))
     rows = grid.summary_csv([recs[0], later]).splitlines()
     assert rows[1].split(",")[0] == recs[0]["hash"] and ",0.3," in rows[2]
+    assert "mask_prob" in rows[0] and "mask_prob" not in csv_lines[0]
 
 
 def test_grid_with_a_larger_epoch_cap_continues_the_shorter_group(tmp_path):
