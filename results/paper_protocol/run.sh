@@ -9,8 +9,8 @@
 #   bash results/paper_protocol/run.sh anime      # prepares runs/data/anime first
 #   bash results/paper_protocol/run.sh beauty
 #
-# Raw runs go to runs/paper/ (not committed). A finished stage's
-# results.jsonl, best.json and summary.* are copied to
+# Raw runs go to runs/paper/ (not committed). After every grid command the
+# stage's results.jsonl, best.json and summary.* are copied to
 # results/paper_protocol/search/TAG-sasrec-stage{1,2}/ (to commit), and a
 # committed stage is copied back first, so a fresh checkout does not retrain
 # it (grid skips configs whose hash is in results.jsonl). CELL_MINUTES
@@ -56,10 +56,13 @@ FIX="layers=1,l2=$L2,dropout=$DROP,batch_size=128"
 sync_in "$S2" stage2
 [ -s "$S2/results.jsonl" ] || proto seed-stage2 "$S1" "$S2"
 grid --space=$P/stage2a_space.json --set=$FIX,hidden=64,heads=1,lr=0.001 --out="$S2"
+sync_out "$S2" stage2
 ML=$(proto field "$S2" max_len)
 grid --space=$P/stage2b_space.json --set=$FIX,max_len=$ML,heads=1,lr=0.001 --out="$S2"
+sync_out "$S2" stage2
 H=$(proto field "$S2" hidden)
 grid --space=$P/stage2c_space.json --set=$FIX,max_len=$ML,hidden=$H,lr=0.001 --out="$S2"
+sync_out "$S2" stage2
 HD=$(proto field "$S2" heads)
 
 # stage 3: lr 1e-4 beside 1e-3; the rule (PROGRESS.md) decides a longer cap
