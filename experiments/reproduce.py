@@ -97,11 +97,16 @@ def check_tuned(paths, tuned, datasets_, backbones) -> None:
             )
 
 
+def table_datasets(table, datasets) -> list:
+    """The datasets a table trains on: Table 3 uses the last one only (Beauty)."""
+    return datasets[-1:] if table == "3" else datasets
+
+
 def table_entries(table, datasets, backbones, budget, tuned=(), mechs=None):
-    """``[(dataset, cfg)]``; Table 3 uses the last dataset only (Beauty)."""
+    """``[(dataset, cfg)]`` of every dataset of :func:`table_datasets`."""
     registry.check_table_mechs(mechs, backbones)
     out = []
-    for ds in datasets[-1:] if table == "3" else datasets:
+    for ds in table_datasets(table, datasets):
         for bb in backbones:
             base = base_config(ds, bb, budget, tuned)
             allowed = registry.backbone(bb).table_mechs
@@ -433,7 +438,7 @@ def main(argv):
             tuned = [files.read_json(p) for p in tuned_paths]
             dss = (f.datasets or b["datasets"]).split(",")
             bbs = (f.backbones or b["backbones"]).split(",")
-            check_tuned(tuned_paths, tuned, dss[-1:] if f.table == "3" else dss, bbs)
+            check_tuned(tuned_paths, tuned, table_datasets(f.table, dss), bbs)
             mechs = f.mechs or b["mechs"]
             entries = table_entries(f.table, dss, bbs, f.budget, tuned,
                                     mechs.split(",") if mechs else None)  # fmt: skip
