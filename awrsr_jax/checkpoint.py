@@ -48,6 +48,16 @@ import awrsr_jax
 from awrsr_jax import parallel, train
 
 ARRAYS = ("state", "best_params", "best", "best_epoch", "bad", "active")
+# Saved only by runs with ``report_patience``; a step without them (an earlier
+# run at another patience: ``runner`` checks that the rule has not been
+# reached yet) restores them as not reached.
+RULE_ARRAYS = ("rule_params", "rule_best_epoch", "rule_epoch")
+
+
+def _names(loop: train.LoopState) -> tuple[str, ...]:
+    return ARRAYS + (RULE_ARRAYS if loop.rule_params is not None else ())
+
+
 _COMMIT = "commit_success.txt"
 
 
@@ -248,7 +258,7 @@ class Store:
         """Saves ``loop`` as step ``loop.epoch``; refuses non-finite params."""
         if loop.epoch in self.steps():
             return
-        arrays = {name: getattr(loop, name) for name in ARRAYS}
+        arrays = {name: getattr(loop, name) for name in _names(loop)}
         ok = train.finite_members({"s": arrays["state"], "b": arrays["best_params"]})
         if not np.all(np.asarray(ok)):
             raise FloatingPointError(
@@ -292,10 +302,12 @@ class Store:
         """
         # Restored as numpy, then put on the device like a fresh init: arrays
         # of the same kind as LoopState.start's keep the compiled epoch valid.
-        arrays = jax.tree.map(
-            lambda x: np.zeros(x.shape, x.dtype),
-            {name: getattr(template, name) for name in ARRAYS},
-        )
+        # Shapes of everything a step may hold: the rule arrays as
+        # best_params' and best_epoch's.
+        like = {"rule_params": "best_params", "rule_best_epoch": "best_epoch",
+                "rule_epoch": "best_epoch"}  # fmt: skip
+        shapes = {name: getattr(template, like.get(name, name))
+                  for name in ARRAYS + RULE_ARRAYS}  # fmt: skip
         _quiet_closed_loop_noise()
         errors = []
         for step in reversed(self.steps()):
@@ -306,6 +318,10 @@ class Store:
                 errors.append(f"step {step}: {_reason(e)}")
                 self._unreadable(step, e)
                 continue
+            names = ARRAYS + (RULE_ARRAYS if "rule_params" in stored else ())
+            arrays = jax.tree.map(
+                lambda x: np.zeros(x.shape, x.dtype), {k: shapes[k] for k in names}
+            )
             check_compatible(stored, arrays)
             try:
                 out = self._mngr.restore(
@@ -320,14 +336,14 @@ class Store:
                 self._unreadable(step, e)
                 continue
             meta = dict(out["meta"])
-            host = {k: np.asarray(out["state"][k]) for k in ARRAYS[2:]}
+            wanted = _names(template)  # fit() adds missing rule arrays
             loop = train.LoopState(
                 epoch=int(meta["epoch"]),
-                state=jax.tree.map(jnp.asarray, out["state"]["state"]),
-                best_params=jax.tree.map(jnp.asarray, out["state"]["best_params"]),
                 seconds=[float(s) for s in meta["seconds"]],
-                **host,
-            )
+                **{k: jax.tree.map(jnp.asarray, v) if k.endswith("params") or k == "state"
+                   else np.asarray(v)
+                   for k, v in out["state"].items() if k in wanted},
+            )  # fmt: skip
             return loop, meta
         if errors:
             where = "" if self.read_only else f"; moved to {self.quarantine_dir}"

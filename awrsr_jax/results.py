@@ -31,9 +31,9 @@ def is_done(workdir) -> bool:
     return os.path.exists(os.path.join(workdir, "results.json"))
 
 
-def read_ranks(workdir) -> np.ndarray:
+def read_ranks(workdir, name="test_ranks.npy") -> np.ndarray:
     """``test_ranks.npy`` of a run (never unpickles: a pickled file raises)."""
-    return np.load(os.path.join(workdir, "test_ranks.npy"), allow_pickle=False)
+    return np.load(os.path.join(workdir, name), allow_pickle=False)
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -45,7 +45,8 @@ def read_metrics(workdir) -> list[dict]:
 def read_run(workdir) -> dict:
     """``{dir, config, results, ranks}`` of a finished run; ``results``'
     ``valid``, ``test`` and ``best_epoch`` are lists (one entry per member) and
-    ``ranks`` is ``int[M, U]`` (None for a failed run)."""
+    ``ranks`` is ``int[M, U]`` (None for a failed run). A run with
+    ``report_patience`` also has ``rule_ranks`` (``test_ranks_rule.npy``)."""
     workdir = os.fspath(workdir)
     config = files.read_json(os.path.join(workdir, "config.json"))
     results = files.read_json(os.path.join(workdir, "results.json"))
@@ -57,7 +58,24 @@ def read_run(workdir) -> dict:
         os.path.join(workdir, "test_ranks.npy")
     ):
         ranks = np.atleast_2d(read_ranks(workdir))
-    return {"dir": workdir, "config": config, "results": results, "ranks": ranks}
+    out = {"dir": workdir, "config": config, "results": results, "ranks": ranks}
+    if ranks is not None and "rule" in results:
+        out["rule_ranks"] = np.atleast_2d(read_ranks(workdir, "test_ranks_rule.npy"))
+    return out
+
+
+def rule_view(run: dict | None) -> dict | None:
+    """``run`` (:func:`read_run`) as its ``report_patience`` rule ended each
+    member: the same keys, the rule's results, ranks and patience (None
+    without a rule)."""
+    if run is None or "rule_ranks" not in run:
+        return None
+    rule = run["results"]["rule"]
+    cfg = dict(run["config"]["config"], patience=rule["patience"], report_patience=0)
+    res = dict(run["results"], epochs_run=rule["epochs_run"])
+    res.update({k: as_list(rule[k]) for k in ("valid", "test", "best_epoch")})
+    return dict(run, config=dict(run["config"], config=cfg), results=res,
+                ranks=run["rule_ranks"])  # fmt: skip
 
 
 def _entry_order(e: dict) -> tuple:

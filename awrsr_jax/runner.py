@@ -27,7 +27,12 @@ Resuming: the same call with the same workdir continues from the newest
 checkpoint; ``metrics.jsonl`` is rewritten from the history saved in it. A
 different config, dataset, seed list or sweep is refused, except a larger
 ``epochs``: it continues the members still within their patience, exactly as
-if the cap had been larger from the start (:func:`longer_cap`). A workdir that
+if the cap had been larger from the start (:func:`longer_cap`), and another
+``patience`` or ``report_patience`` while no member has yet waited that long
+without improvement (:func:`same_so_far`: the run so far is the new one's).
+With ``report_patience``, ``results.json`` also holds ``rule``: each member
+as a run at that patience would have ended (the same training, cut where that
+rule stops it), its test ranks in ``test_ranks_rule.npy``. A workdir that
 holds results but no readable checkpoint is never restarted from scratch
 unless ``Options(restart=True)``, which first moves the old files to
 ``replaced-<k>/``.
@@ -45,6 +50,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -60,7 +66,8 @@ from awrsr_jax.config import Config, validate
 from awrsr_jax.datasets import Dataset
 
 IDENTITY = ("config", "dataset", "data_sha256", "seeds", "sweep")
-RESULT_FILES = ("results.json", "metrics.jsonl", "test_ranks.npy", "attention.npz")
+RESULT_FILES = ("results.json", "metrics.jsonl", "test_ranks.npy",
+                "test_ranks_rule.npy", "attention.npz")  # fmt: skip
 PROGRESS = ("bar", "lines", "none")
 
 
@@ -150,30 +157,117 @@ def longer_cap(old: dict, new: dict) -> bool:
     return a is not None and b is not None and b > a and a % every == 0
 
 
-def run_diffs(old: dict, new: dict) -> list[str]:
+STOPPING = ("patience", "report_patience")
+
+
+def longest_wait(history) -> int:
+    """The most validations in a row without a better validation NDCG@5 that
+    any member of ``history`` (``metrics.jsonl`` records) has had so far."""
+    best, wait, most = {}, {}, 0
+    valid = [r for r in history if "valid" in r and "member" in r]
+    for r in sorted(valid, key=lambda r: (r["member"], r["epoch"])):
+        m, v = r["member"], r["valid"][train.SELECT]
+        if v > best.get(m, -math.inf):
+            best[m], wait[m] = v, 0
+        else:
+            wait[m] = wait.get(m, 0) + 1
+            most = max(most, wait[m])
+    return most
+
+
+def same_so_far(old: dict, new: dict, history) -> bool:
+    """Whether configs ``old`` and ``new``, which differ at most in
+    :data:`STOPPING`, would have trained ``history`` alike: no member has yet
+    waited as long as any patience of either (``report_patience`` 0 is off).
+    ``history`` None (not known): False."""
+    limits = [c.get(k) or 0 for c in (old, new) for k in STOPPING]
+    return history is not None and longest_wait(history) < min(
+        x for x in limits if x > 0
+    )
+
+
+def workdir_history(workdir: str) -> list[dict] | None:
+    """The records of ``workdir``'s ``metrics.jsonl`` (None if unreadable):
+    the history a changed patience is judged by before the checkpoint's own."""
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return None
+
+
+def run_diffs(old: dict, new: dict, history=None) -> list[str]:
     """What keeps ``new`` from continuing ``old`` (saved identities): every
-    field of :data:`IDENTITY` that differs, except a :func:`longer_cap`."""
+    field of :data:`IDENTITY` that differs, except a :func:`longer_cap` and
+    a patience that :func:`same_so_far` allows after ``history``."""
     diffs = []
     for key in IDENTITY:
         a, b = old.get(key), new.get(key)
         if key == "config" and isinstance(a, dict):
+            keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            if any(k in STOPPING for k in keys) and same_so_far(a, b, history):
+                keys = [k for k in keys if k not in STOPPING]
             diffs += [
                 f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
-                for k in sorted(set(a) | set(b))
-                if a.get(k) != b.get(k) and not (k == "epochs" and longer_cap(a, b))
+                for k in keys
+                if not (k == "epochs" and longer_cap(a, b))
             ]
         elif a != b:
             diffs.append(f"{key}: {str(a)[:40]!r} -> {str(b)[:40]!r}")
     return diffs
 
 
-def check_same_run(old: dict, new: dict, where: str) -> None:
+def continue_from(candidates, identity: dict, workdir: str, log=None) -> str | None:
+    """Copies into the new ``workdir`` the candidate workdir that ``identity``
+    can continue (:func:`run_diffs` finds nothing against it: a smaller epoch
+    cap, another patience while no member waited that long) and that trained
+    longest, so that raising ``epochs`` or ``patience`` goes on instead of
+    starting over; returns it (None: none found). The candidate stays as it
+    is; the copy is whole or absent (a ``.copying`` folder renamed)."""
+    found = []
+    for src in candidates:
+        if src.endswith(".copying"):
+            continue
+        try:
+            old = files.read_json(os.path.join(src, "config.json"))
+        except (OSError, ValueError):
+            continue
+        history = workdir_history(src)
+        if (
+            any(old.get(k) != identity[k] for k in IDENTITY)  # else: in place
+            and old["config"].get("epochs", 0) <= identity["config"]["epochs"]
+            and not run_diffs(old, identity, history)
+        ):
+            found.append((max((r["epoch"] for r in history), default=-1), src))
+    if not found:
+        return None
+    src = max(found)[1]
+    tmp = f"{workdir}.copying"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".lock"))
+    os.replace(tmp, workdir)
+    if log is not None:
+        a, b = (
+            files.read_json(os.path.join(src, "config.json"))["config"],
+            identity["config"],
+        )
+        what = ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(b)
+                         if a.get(k) != b.get(k))  # fmt: skip
+        print(f"  continues {src} ({what})", file=log)
+    return src
+
+
+def check_same_run(old: dict, new: dict, where: str, history=None) -> None:
     """Refuses to continue ``old`` (a saved identity) with a different ``new``
     (:func:`run_diffs`)."""
-    diffs = run_diffs(old, new)
+    diffs = run_diffs(old, new, history)
     if diffs:
+        why = ""
+        if any(d.split(":")[0] in STOPPING for d in diffs):
+            why = (f" (a member has already waited {longest_wait(history)} "
+                   "validations without improvement)")  # fmt: skip
         raise ValueError(
-            f"{where} belongs to a different run ({'; '.join(diffs[:4])}); "
+            f"{where} belongs to a different run ({'; '.join(diffs[:4])}){why}; "
             "use a new --workdir or the original flags"
         )
 
@@ -251,13 +345,16 @@ def run(
                 old = files.read_json(path["config.json"])
             except (OSError, ValueError) as e:
                 raise ValueError(f"{path['config.json']}: unreadable ({e})") from None
-            check_same_run(old, identity, workdir)
+            check_same_run(old, identity, workdir, workdir_history(workdir))
         store = checkpoint.Store(
             files.output_path(workdir, "checkpoints"), keep=options.keep_checkpoints
         )
         try:
             if store.latest() is None:
-                _guard_results(workdir, options.restart, store.quarantined())
+                _guard_results(
+                    workdir, options.restart, store.quarantined(),
+                    same_run=os.path.exists(path["config.json"]),
+                )  # fmt: skip
                 parallel.barrier("awrsr-guard-results")
             res, stopped, history = _train(
                 cfg, built, meta, store, workdir, term, options
@@ -272,6 +369,8 @@ def run(
         if not primary:
             return results
         files.save_npy(path["test_ranks.npy"], res.test_ranks)
+        if res.rule is not None:
+            files.save_npy(path["test_ranks_rule.npy"], res.rule["test_ranks"])
         if options.attention:
             maps = analysis.attention_maps(cfg, res.best_params, built)
             with files.atomic_open(path["attention.npz"], "wb") as f:
@@ -280,15 +379,21 @@ def run(
     return results
 
 
-def _guard_results(workdir: str, restart: bool, quarantined: list) -> None:
+def _guard_results(
+    workdir: str, restart: bool, quarantined: list, same_run: bool = False
+) -> None:
     """Refuses to start from epoch 0 over a previous run's results or its
     unreadable checkpoints, unless ``restart``: then moves the results to
     ``replaced-<k>/`` (never deleted; quarantined checkpoints stay where
-    they are)."""
+    they are). ``same_run``: the workdir's ``config.json`` is this run's, so
+    a ``metrics.jsonl`` alone is its own log, killed before the first
+    checkpoint, and starting over rewrites it."""
     found = [
         n
         for n in RESULT_FILES
-        if os.path.exists(p := os.path.join(workdir, n)) and os.path.getsize(p) > 0
+        if os.path.exists(p := os.path.join(workdir, n))
+        and os.path.getsize(p) > 0
+        and not (same_run and n == "metrics.jsonl")
     ]
     if not found and not quarantined:
         return
@@ -334,6 +439,12 @@ def _results(cfg, built, seeds, res: train.FitResult, stopped, history) -> dict:
         **analysis.count_params(cfg, res.best_params, len(seeds)),
         **_device(),
     }
+    if res.rule is not None:  # per member as above; ranks in test_ranks_rule.npy
+        out["rule"] = {
+            k: v[0] if one and isinstance(v, list) else v
+            for k, v in res.rule.items()
+            if k != "test_ranks"
+        }
     if stopped:
         out["stopped"] = "max_minutes"
     return out
@@ -346,7 +457,7 @@ def _restore(cfg, built, meta, store, log):
     t0 = time.perf_counter()
     template = train.LoopState.template(cfg, built.num_items, meta["seeds"])
     loop, saved = store.restore(template)
-    check_same_run(saved, meta, store.directory)
+    check_same_run(saved, meta, store.directory, saved["history"])
     if saved.get("code_version") != meta["code_version"]:
         print(
             f"warning: resuming a checkpoint of code {saved.get('code_version')} "
@@ -465,11 +576,18 @@ def results_table(results: dict, names=None) -> str:
     from awrsr_jax.ops.metrics import metric_names
 
     names = names or metric_names()
-    rows = [f"{'split':<6} {'member':>6} " + " ".join(f"{n:>9}" for n in names)]
-    for split in ("valid", "test"):
-        vals = results[split]
+    rule = results.get("rule")
+    splits = [("valid", results), ("test", results)]
+    if rule:  # the same training as the rule would have stopped it
+        splits += [
+            (f"{s}@p{rule['patience']}", {s: rule[s]}) for s in ("valid", "test")
+        ]
+    width = max(len(s) for s, _ in splits)
+    rows = [f"{'split':<{width}} {'member':>6} " + " ".join(f"{n:>9}" for n in names)]
+    for label, src in splits:
+        vals = src[label.split("@")[0]]
         for m, v in enumerate(vals if isinstance(vals, list) else [vals]):
             rows.append(
-                f"{split:<6} {m:>6} " + " ".join(f"{v[n]:>9.4f}" for n in names)
+                f"{label:<{width}} {m:>6} " + " ".join(f"{v[n]:>9.4f}" for n in names)
             )
     return "\n".join(rows)

@@ -29,7 +29,6 @@ import dataclasses
 import glob
 import io
 import os
-import shutil
 import sys
 import time
 
@@ -76,31 +75,6 @@ def _curves(workdir: str, members: int) -> list[list[float]]:
     return curves
 
 
-def _continue_shorter(out: str, identity: dict, workdir: str, log) -> None:
-    """Copies into ``workdir`` the group of ``out`` that is this run under the
-    largest smaller epoch cap (:func:`awrsr_jax.runner.longer_cap`), so that
-    raising ``epochs`` continues it instead of starting over; the shorter
-    group and its records stay as they are."""
-    found = []
-    for path in glob.glob(os.path.join(out, "groups", "*", "config.json")):
-        try:
-            old = files.read_json(path)
-        except (OSError, ValueError):
-            continue
-        if old["config"].get("epochs", 0) < identity["config"]["epochs"] and not (
-            runner.run_diffs(old, identity)
-        ):
-            found.append((old["config"]["epochs"], os.path.dirname(path)))
-    if found:
-        epochs, src = max(found)
-        tmp = f"{workdir}.copying"  # whole or not at all
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".lock"))
-        os.replace(tmp, workdir)
-        print(f"  continues {src} (epoch cap {epochs} -> "
-              f"{identity['config']['epochs']})", file=log)  # fmt: skip
-
-
 def train_group(cfg, sweep, members, data, out, log) -> list[dict]:
     """Trains one shape group through the one experiment path; returns one
     record per member."""
@@ -109,9 +83,10 @@ def train_group(cfg, sweep, members, data, out, log) -> list[dict]:
     workdir = os.path.join(out, "groups", name)
     seeds = [cfg.seed] * len(members)
     if not os.path.exists(workdir):
-        _continue_shorter(
-            out, runner.run_identity(cfg, data, seeds, sweep), workdir, log
-        )
+        runner.continue_from(
+            glob.glob(os.path.join(out, "groups", "*")),
+            runner.run_identity(cfg, data, seeds, sweep), workdir, log,
+        )  # fmt: skip
     options = runner.Options(progress="lines", log=log)
     try:
         res = runner.run(cfg, workdir=workdir, data=data, seeds=seeds,

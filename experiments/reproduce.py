@@ -29,13 +29,20 @@ bootstrap 95% interval of the change (:func:`awrsr_jax.stats.cell_summary`);
 the per-user paired test as a secondary column, conditional on the trained
 models; the paper's values (:mod:`awrsr_jax.paper`) beside them. A cell ended
 by the epoch cap or a time limit while a seed was still within its patience
-is marked † (:func:`cut_seeds`). ``table<N>_summary.json`` names, for every
+is marked † (:func:`cut_seeds`). With ``--report_patience=R`` the same
+cells also give ``table<N>_patience<R>.md``: each seed where patience R would
+have stopped it (``results.json``'s ``rule``), so ``--patience=60
+--report_patience=20`` compares at the paper's rule and at a longer patience
+from one training; rerun with a larger ``--patience`` or ``--epochs``, a
+table continues its cells (:func:`awrsr_jax.runner.continue_from`) while no
+seed has waited that long. ``table<N>_summary.json`` names, for every
 cell, its dataset, backbone, mechanism, layers, seeds, each seed's test
 metrics and the seed-level p.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import time
@@ -154,8 +161,8 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
 
 
 def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
-              budget="gpu", command="", max_minutes=None, cell_minutes=None,
-              log=sys.stderr) -> str:  # fmt: skip
+              report_patience=0, budget="gpu", command="", max_minutes=None,
+              cell_minutes=None, log=sys.stderr) -> str:  # fmt: skip
     """Trains every unfinished cell of ``entries`` (each an ordinary workdir
     under ``<out>/cells/``, through :func:`awrsr_jax.runner.run`). The
     manifest is written first, so a table can be rendered from whatever
@@ -164,7 +171,8 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
     command continues it). A diverged cell is recorded as failed."""
     loaded, specs = {}, []
     for ds, cfg in entries:
-        cfg = cfg.replace(epochs=epochs, patience=patience, eval_every=eval_every)
+        cfg = cfg.replace(epochs=epochs, patience=patience, eval_every=eval_every,
+                          report_patience=report_patience)  # fmt: skip
         if ds not in loaded:
             loaded[ds] = datasets.load(ds)
         specs.append((ds, cfg, cell_name(ds, cfg, loaded[ds].sha256, seeds)))
@@ -184,6 +192,12 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
             print(f"[{elapsed:5.0f} s] time limit: not starting {name}", file=log)
             continue
         print(f"[{elapsed:5.0f} s] training {name}", file=log)
+        if not os.path.exists(cell_dir):  # a raised cap or patience goes on
+            prefix = name.rsplit("-", 1)[0]
+            runner.continue_from(
+                glob.glob(os.path.join(out, "cells", f"{prefix}-*")),
+                runner.run_identity(cfg, loaded[ds], seeds, None), cell_dir, log,
+            )  # fmt: skip
         try:
             runner.run(cfg, workdir=cell_dir, data=loaded[ds], seeds=seeds,
                        options=options)  # fmt: skip
@@ -199,13 +213,20 @@ def _pm(s, m="NDCG@5") -> str:
     return "–" if s is None else f"{s['mean'][m]:.4f} ± {s['sd'][m]:.4f}"
 
 
+def _runs(res) -> list:
+    """Epochs each seed ran: one number for a cell, a list under a rule
+    (:func:`awrsr_jax.results.rule_view`: seeds stop apart)."""
+    n = res["epochs_run"]
+    return n if isinstance(n, list) else [n] * len(res["seeds"])
+
+
 def cut_seeds(res) -> list:
     """Seeds whose run ended (epoch cap or time limit) while they were still
     within their patience: their validation metric may still have been rising.
     A seed stopped by patience has ``best_epoch + patience < epochs_run``."""
     patience = res["config"]["patience"] * res["config"]["eval_every"]
-    return [s for s, b in zip(res["seeds"], res["best_epoch"])
-            if b + patience >= res["epochs_run"]]  # fmt: skip
+    return [s for s, b, n in zip(res["seeds"], res["best_epoch"], _runs(res))
+            if b + patience >= n]  # fmt: skip
 
 
 def _epochs(res) -> str:
@@ -213,7 +234,8 @@ def _epochs(res) -> str:
     if res is None or "epochs_run" not in res:
         return "–"
     best = ", ".join(map(str, res["best_epoch"]))
-    return f"{res['epochs_run']} / {best}" + (" †" if cut_seeds(res) else "")
+    run = ", ".join(map(str, sorted(set(_runs(res)))))
+    return f"{run} / {best}" + (" †" if cut_seeds(res) else "")
 
 
 def _load(cells):
@@ -252,7 +274,7 @@ def _header(title, info, rows) -> list[str]:
     hw = sorted({f"{r['device']} ({r['platform']}, jax {r['jax']})" for r in done})
     cfg = done[0]["config"] if done else {}
     cut = [f"{e['dataset']} / {e['backbone']} / {e['mech']}, {e['layers']} layer(s), "
-           f"{e['refine_input']} (seeds {cut_seeds(r)}, {r['epochs_run']} epochs)"
+           f"{e['refine_input']} (seeds {cut_seeds(r)}, {max(_runs(r))} epochs)"
            for e, r, _ in rows if r is not None and cut_seeds(r)]  # fmt: skip
     seen = {}  # (dataset, backbone) -> key -> its values in these cells
     for e, r, _ in rows:
@@ -394,13 +416,32 @@ RENDER = {"2": render_table2, "3": render_table3, "refine": render_refine}
 
 
 def render(results_dir, table, out) -> list[str]:
-    """``table<N>.md`` and ``table<N>_summary.json`` from a results folder."""
+    """``table<N>.md`` and ``table<N>_summary.json`` from a results folder;
+    where its cells trained with ``--report_patience=R``, also
+    ``table<N>_patience<R>.*``: the same cells as that rule ended each seed."""
     info, cells = results.load_manifest(results_dir, table)
-    md, summary = RENDER[table](info, cells)
+    views = [(e, results.rule_view(run)) for e, run in cells]
+    rules = {v["results"]["rule"]["patience"] for _, v in views if v}
+    tables = [(f"table{table}", cells, None)]
+    if len(rules) == 1 and all(v or not run for (_, v), (_, run) in zip(views, cells)):
+        (r,) = rules
+        patience = {run["config"]["config"]["patience"] for _, run in cells if run}
+        note = (f"The same trainings as table{table}.md (patience "
+                f"{'/'.join(map(str, sorted(patience)))}), each seed taken where "
+                f"patience {r} (the paper's rule when 20) would have stopped it: "
+                "its best validation epoch by then. Epochs: where each seed "
+                "stopped under this rule.")  # fmt: skip
+        tables.append((f"table{table}_patience{r}", views, note))
     os.makedirs(out, exist_ok=True)
-    paths = [os.path.join(out, f"table{table}{x}") for x in (".md", "_summary.json")]
-    files.write_text(paths[0], md)
-    files.write_json(paths[1], summary)
+    paths = []
+    for name, these, note in tables:
+        md, summary = RENDER[table](info, these)
+        if note:
+            head, _, rest = md.partition("\n\n")
+            md = f"{head}\n\n{note}\n\n{rest}"
+        paths += [os.path.join(out, f"{name}{x}") for x in (".md", "_summary.json")]
+        files.write_text(paths[-2], md)
+        files.write_json(paths[-1], summary)
     return paths
 
 
@@ -415,6 +456,11 @@ def define_flags():
     flags.DEFINE_integer("seeds", None, "seeds per cell (default: the budget's)")
     flags.DEFINE_integer("epochs", None, "epoch cap (default: the budget's)")
     flags.DEFINE_integer("patience", None, "early-stopping patience (evaluations)")
+    flags.DEFINE_integer("report_patience", 0,
+                         "also tabulate each seed where this smaller patience "
+                         "would have stopped it (table<N>_patience<R>.md): e.g. "
+                         "--patience=60 --report_patience=20 gives the paper's "
+                         "rule and a longer run from one training; 0 = off")  # fmt: skip
     flags.DEFINE_integer("eval_every", 1, "validate every this many epochs")
     flags.DEFINE_string("tuned", "", "grid best.json files replacing the TUNED configs")
     flags.DEFINE_string("out", None, "output folder (default runs/reproduce)")
@@ -445,7 +491,8 @@ def main(argv):
             command = " ".join(["python -m experiments.reproduce", *sys.argv[1:]])
             run_table(f.table, entries, out, seeds=list(range(f.seeds or b["seeds"])),
                       epochs=f.epochs or b["epochs"], patience=f.patience or b["patience"],
-                      eval_every=f.eval_every, budget=f.budget, command=command,
+                      eval_every=f.eval_every, report_patience=f.report_patience,
+                      budget=f.budget, command=command,
                       max_minutes=f.max_minutes,
                       cell_minutes=b["cell_minutes"] if f.cell_minutes is None
                       else f.cell_minutes)  # fmt: skip

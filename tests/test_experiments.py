@@ -108,7 +108,7 @@ def test_grid_with_a_larger_epoch_cap_continues_the_shorter_group(tmp_path):
     log = io.StringIO()
     table = grid.run_search([c.replace(epochs=4) for c in short], data,
                             str(tmp_path), log=log)  # fmt: skip
-    assert f"continues {old} (epoch cap 2 -> 4)" in log.getvalue()
+    assert f"continues {old} (epochs: 2 -> 4)" in log.getvalue()
     new = [d for d in (tmp_path / "groups").iterdir() if d != old]
     assert len(new) == 1 and (old / "metrics.jsonl").read_text() == before
     lines = (new[0] / "metrics.jsonl").read_text().splitlines()
@@ -283,6 +283,35 @@ def test_a_cell_cut_while_improving_is_marked(tmp_path):
     assert "| 60 / 30, 45 † |" in md and "no conclusion rests on these" in md
 
 
+def test_the_rule_table_is_rendered_beside_the_longer_run(tmp_path):
+    """Cells trained with report_patience=20 give a second table from their
+    rule block and test_ranks_rule.npy; seeds stop apart under the rule."""
+    write_fake_cells(tmp_path)
+    for mech, ranks in RANKS.items():
+        cell = tmp_path / "cells" / f"{mech}-2-scores"
+        res = json.loads((cell / "results.json").read_text())
+        res["rule"] = dict(patience=20, epochs_run=[51, 60], best_epoch=[30, 45],
+                           valid=res["valid"], test=res["test"])  # fmt: skip
+        (cell / "results.json").write_text(json.dumps(res))
+        np.save(cell / "test_ranks_rule.npy", (ranks + 1).astype(np.int32))
+    paths = reproduce.render(tmp_path, "2", tmp_path / "out")
+    assert [p.rsplit("/", 1)[1] for p in paths] == [
+        "table2.md", "table2_summary.json",
+        "table2_patience20.md", "table2_patience20_summary.json"]  # fmt: skip
+    main, rule = (json.loads(open(p).read()) for p in paths[1::2])
+    seeds_add = ndcg5(RANKS["add"] + 1).mean(1)  # from the rule's ranks
+    assert rule[1]["per_seed"]["1"]["NDCG@5"] == pytest.approx(seeds_add[1], rel=1e-5)
+    assert main[1]["per_seed"]["1"]["NDCG@5"] == pytest.approx(
+        ndcg5(RANKS["add"]).mean(1)[1], rel=1e-5
+    )
+    # seed 1: best 45 + patience 20 >= 60, its stop: cut; seed 0 stopped at 51
+    assert rule[1]["cut_seeds"] == [1] and main[1]["cut_seeds"] == []
+    md = open(paths[2]).read()
+    assert "| 51, 60 / 30, 45 † |" in md
+    assert "The same trainings as table2.md (patience 20)" in md
+    assert "patience 20, at most 200 epochs" in md
+
+
 def test_render_table3_and_refine(tmp_path):
     specs = [(m, n, "scores", r + n - 1) for n in (1, 2) for m, r in RANKS.items()]
     write_fake_cells(tmp_path, "3", specs)
@@ -407,6 +436,28 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     done = {"epochs_run": 30, "best_epoch": [2, 1], "seeds": [0, 1],
             "config": {"patience": 3, "eval_every": 1}}  # fmt: skip
     assert reproduce._epochs(done) == "30 / 2, 1"
+
+
+def test_a_raised_patience_continues_the_table_cells(tmp_path):
+    """A table run again with a larger patience (and a rule at the old one)
+    continues its cells from their checkpoints instead of starting over."""
+    entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                      mechs=["none"])  # fmt: skip
+    kw = dict(seeds=[0, 1], budget="smoke")
+    reproduce.run_table("2", entries, str(tmp_path), epochs=2, patience=3, **kw)
+    (old,) = (tmp_path / "cells").iterdir()
+    log = io.StringIO()
+    reproduce.run_table("2", entries, str(tmp_path), epochs=4, patience=5,
+                        report_patience=3, log=log, **kw)  # fmt: skip
+    new = next(c for c in (tmp_path / "cells").iterdir() if c != old)
+    assert f"continues {old} (epochs: 2 -> 4, patience: 3 -> 5, " in log.getvalue()
+    assert "resumed at epoch 2" in log.getvalue()
+    first = [json.loads(x) for x in open(old / "metrics.jsonl")]
+    went_on = [json.loads(x) for x in open(new / "metrics.jsonl")]
+    assert went_on[: len(first)] == first and went_on[-1]["epoch"] == 3
+    res = json.loads((new / "results.json").read_text())
+    assert res["epochs_run"] == 4 and res["rule"]["patience"] == 3
+    assert json.loads((old / "results.json").read_text())["epochs_run"] == 2
 
 
 def test_bench_ensemble_split_hand_numbers():

@@ -42,6 +42,12 @@ class LoopState:
     bad: np.ndarray  # evaluations since the last improvement
     active: np.ndarray
     seconds: list  # wall seconds of each epoch call in which every member trained
+    # With ``cfg.report_patience`` (else None): each member's best params, best
+    # epoch and epochs run when it first had that many validations without
+    # improvement (-1 until then): where a run at that patience would stop.
+    rule_params: dict | None = None
+    rule_best_epoch: np.ndarray | None = None
+    rule_epoch: np.ndarray | None = None
 
     @classmethod
     def _of(cls, state, best_params, m: int) -> LoopState:
@@ -56,10 +62,20 @@ class LoopState:
             seconds=[],
         )
 
+    def with_rule(self, cfg: Config, copy=jnp.copy) -> LoopState:
+        """This state with the ``report_patience`` fields (not yet reached),
+        where ``cfg`` asks for them and they are missing."""
+        if cfg.report_patience and self.rule_params is None:
+            self.rule_params = jax.tree.map(copy, self.best_params)
+            self.rule_best_epoch = np.full(self.best.size, -1)
+            self.rule_epoch = np.full(self.best.size, -1)
+        return self
+
     @classmethod
     def start(cls, cfg: Config, num_items: int, seeds) -> LoopState:
         state = members.init_state(cfg, num_items, seeds)
-        return cls._of(state, jax.tree.map(jnp.copy, state["params"]), len(seeds))
+        params = jax.tree.map(jnp.copy, state["params"])
+        return cls._of(state, params, len(seeds)).with_rule(cfg)
 
     @classmethod
     def template(cls, cfg: Config, num_items: int, seeds) -> LoopState:
@@ -67,7 +83,8 @@ class LoopState:
         state = jax.eval_shape(
             members.init_fn(cfg, num_items), jnp.zeros(len(seeds), jnp.uint32)
         )
-        return cls._of(state, state["params"], len(seeds))
+        loop = cls._of(state, state["params"], len(seeds))
+        return loop.with_rule(cfg, copy=lambda x: x)
 
 
 @dataclasses.dataclass
@@ -82,6 +99,10 @@ class FitResult:
     best_params: dict
     seconds_per_epoch: float  # median over the epochs after the first in which
     # every member trained: a stopped member would make later epochs cheaper
+    # With ``cfg.report_patience``: the same per member as a run at that
+    # patience would give (``epochs_run`` a list: members stop apart), and
+    # ``test_ranks``; else None.
+    rule: dict | None = None
 
 
 def members_of(cfg: Config, seeds=None, sweep: dict | None = None) -> list[int]:
@@ -123,11 +144,11 @@ def fit(
     """
     seeds = members_of(cfg, seeds, sweep)
     hp = members.hparams(cfg, len(seeds), **(sweep or {}))
-    loop = loop or LoopState.start(cfg, data.num_items, seeds)
+    loop = (loop or LoopState.start(cfg, data.num_items, seeds)).with_rule(cfg)
     if mesh is not None:
         data = parallel.replicate(data, mesh)
-        loop.state, loop.best_params, hp = parallel.place_members(
-            (loop.state, loop.best_params, hp), mesh
+        loop.state, loop.best_params, loop.rule_params, hp = parallel.place_members(
+            (loop.state, loop.best_params, loop.rule_params, hp), mesh
         )
     run_cfg = cfg.replace(trim_rows=trim_rows(cfg, data))
     epoch_fn, eval_fn = members.compiled(run_cfg, mesh)
@@ -238,6 +259,14 @@ def _validate(cfg, loop, records, was_active, eval_fn, data, eval_key, rows=None
             loop.active[m] = loop.bad[m] < cfg.patience
     improved = jnp.asarray(loop.best_epoch == epoch)
     loop.best_params = members.select(improved, loop.state["params"], loop.best_params)
+    if cfg.report_patience:
+        reached = was_active & (loop.bad == cfg.report_patience) & (loop.rule_epoch < 0)
+        if reached.any():
+            loop.rule_epoch[reached] = epoch + 1
+            loop.rule_best_epoch[reached] = loop.best_epoch[reached]
+            loop.rule_params = members.select(
+                jnp.asarray(reached), loop.best_params, loop.rule_params
+            )
 
 
 def check_finite(epoch: int, stats: dict, params, active: np.ndarray) -> None:
@@ -270,9 +299,31 @@ def finish(cfg: Config, data: SeqData, loop: LoopState, *, mesh=None) -> FitResu
     """
     _, eval_fn = members.compiled(cfg, mesh)
     eval_key = jax.random.PRNGKey(cfg.seed + 10_000)
-    valid_ranks = np.asarray(eval_fn(loop.best_params, data, "valid", eval_key))
-    test_ranks = np.asarray(eval_fn(loop.best_params, data, "test", eval_key))
+
+    def ranks(params):
+        return [
+            np.asarray(eval_fn(params, data, s, eval_key)) for s in ("valid", "test")
+        ]
+
+    valid_ranks, test_ranks = ranks(loop.best_params)
     steady = loop.seconds[1:] or loop.seconds or [float("nan")]
+    rule = None
+    if cfg.report_patience:  # a member that never reached it ends as the run
+        reached = loop.rule_epoch >= 0
+        params = members.select(
+            jnp.asarray(reached), loop.rule_params, loop.best_params
+        )
+        r_valid, r_test = ranks(params)
+        rule = {
+            "patience": cfg.report_patience,
+            "best_epoch": np.where(
+                reached, loop.rule_best_epoch, loop.best_epoch
+            ).tolist(),
+            "epochs_run": np.where(reached, loop.rule_epoch, loop.epoch).tolist(),
+            "valid": [evaluate.summarize(r) for r in r_valid],
+            "test": [evaluate.summarize(r) for r in r_test],
+            "test_ranks": r_test,
+        }
     return FitResult(
         best_epoch=[int(e) for e in loop.best_epoch],
         epochs_run=loop.epoch,
@@ -281,4 +332,5 @@ def finish(cfg: Config, data: SeqData, loop: LoopState, *, mesh=None) -> FitResu
         test_ranks=test_ranks,
         best_params=loop.best_params,
         seconds_per_epoch=float(np.median(steady)),
+        rule=rule,
     )

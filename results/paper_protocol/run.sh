@@ -77,6 +77,8 @@ cmp -s "$S2/original.json" "$P/search/$TAG-sasrec-stage2/original.json" ||
   cp "$S2/original.json" "$P/search/$TAG-sasrec-stage2/original.json"
 
 # Table 2: every mechanism at Original's configuration, 5 seeds, cap 400
+# (patience 60 for convergence; --report_patience=20 also tabulates each seed
+# where the paper's patience 20 stops it: table2_patience20.md, same trainings)
 python -m experiments.reproduce --table=2 --datasets="$DATA" --backbones=sasrec --seeds=5 \
-  --tuned=$P/search/$TAG-sasrec-stage2/original.json --epochs=400 --out=runs/paper/reproduce/$TAG \
-  --cell_minutes="${CELL_MINUTES:-60}"
+  --tuned=$P/search/$TAG-sasrec-stage2/original.json --epochs=400 --patience=60 \
+  --report_patience=20 --out=runs/paper/reproduce/$TAG --cell_minutes="${CELL_MINUTES:-60}"
