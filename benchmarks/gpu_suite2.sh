@@ -2,8 +2,9 @@
 # Second GPU session: single-seed STOSA Beauty runs for every mechanism and the
 # ML-1M value runs, concurrently on one GPU (no memory preallocation), after
 # the STOSA bench cases alone. Same setup as gpu_suite.sh. Kept as the record of
-# what ran: seven trainings at once made each ~10x slower than alone, and none
-# finished in 165 s. Run them one at a time next time.
+# what ran: seven trainings at once were each slower than alone (their
+# per-epoch times were not kept), and none finished in 165 s. Run them one at
+# a time next time.
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT" runs/logs
 export PYTHONUNBUFFERED=1 AWRSR_DATA_DIR=$PWD/.gpu/data XLA_PYTHON_CLIENT_PREALLOCATE=false
