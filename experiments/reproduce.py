@@ -415,11 +415,28 @@ def render_refine(info, cells):
 RENDER = {"2": render_table2, "3": render_table3, "refine": render_refine}
 
 
+def load_tables(results_dirs, table) -> tuple[dict, list]:
+    """:func:`awrsr_jax.results.load_manifest` of one folder, or of several
+    (a list or a comma-separated string: say one per dataset) as one table:
+    their cells in folder order and their commands together."""
+    if not isinstance(results_dirs, (list, tuple)):
+        results_dirs = os.fspath(results_dirs).split(",")
+    loaded = [results.load_manifest(d, table) for d in results_dirs]
+    infos = [info for info, _ in loaded]
+    joined = {k: sorted({str(i.get(k)) for i in infos}) for k in ("budget", "seeds")}
+    info = dict(
+        infos[0],
+        commands=[c for i in infos for c in i["commands"]],
+        **{k: v[0] if len(v) == 1 else " / ".join(v) for k, v in joined.items()},
+    )
+    return info, [cell for _, cells in loaded for cell in cells]
+
+
 def render(results_dir, table, out) -> list[str]:
     """``table<N>.md`` and ``table<N>_summary.json`` from a results folder;
     where its cells trained with ``--report_patience=R``, also
     ``table<N>_patience<R>.*``: the same cells as that rule ended each seed."""
-    info, cells = results.load_manifest(results_dir, table)
+    info, cells = load_tables(results_dir, table)
     views = [(e, results.rule_view(run)) for e, run in cells]
     rules = {v["results"]["rule"]["patience"] for _, v in views if v}
     tables = [(f"table{table}", cells, None)]
@@ -464,7 +481,9 @@ def define_flags():
     flags.DEFINE_integer("eval_every", 1, "validate every this many epochs")
     flags.DEFINE_string("tuned", "", "grid best.json files replacing the TUNED configs")
     flags.DEFINE_string("out", None, "output folder (default runs/reproduce)")
-    flags.DEFINE_string("from_results", None, "only rebuild the table from this folder")
+    flags.DEFINE_string("from_results", None,
+                        "only rebuild the table from this folder, or from several "
+                        "(comma-separated, e.g. one per dataset) as one table")  # fmt: skip
     flags.DEFINE_float("max_minutes", None, "start no new cell after this many minutes")
     flags.DEFINE_float("cell_minutes", None,
                        "end a cell's training after this many minutes (default: "
@@ -475,7 +494,11 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     f, b = flags.FLAGS, BUDGETS[flags.FLAGS.budget]
-    out = f.out or f.from_results or os.path.join("runs", "reproduce")
+    out = (
+        f.out
+        or (f.from_results or "").split(",")[0]
+        or os.path.join("runs", "reproduce")
+    )
     try:
         if not f.from_results:
             if f.cell_minutes is not None and f.cell_minutes < 0:

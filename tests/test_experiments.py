@@ -312,6 +312,25 @@ def test_the_rule_table_is_rendered_beside_the_longer_run(tmp_path):
     assert "patience 20, at most 200 epochs" in md
 
 
+def test_several_result_folders_render_as_one_table(tmp_path):
+    write_fake_cells(tmp_path / "a")
+    write_fake_cells(tmp_path / "b")
+    info = json.loads((tmp_path / "b" / "table2.json").read_text())
+    for e in info["entries"]:
+        e["dataset"] = "toy2"
+    info["commands"] = ["cmd2"]
+    (tmp_path / "b" / "table2.json").write_text(json.dumps(info))
+    dirs = f"{tmp_path / 'a'},{tmp_path / 'b'}"
+    md_path, sum_path = reproduce.render(dirs, "2", tmp_path / "out")
+    rows = json.loads(open(sum_path).read())
+    assert [(r["dataset"], r["mech"]) for r in rows] == [
+        ("toy", "none"), ("toy", "add"), ("toy2", "none"), ("toy2", "add")]  # fmt: skip
+    assert rows[3]["p"] == rows[1]["p"]  # the same cells, paired within each
+    md = open(md_path).read()
+    assert "## toy / sasrec" in md and "## toy2 / sasrec" in md
+    assert "Commands: `cmd`; `cmd2` (budget `smoke`, seeds [0, 1])" in md
+
+
 def test_render_table3_and_refine(tmp_path):
     specs = [(m, n, "scores", r + n - 1) for n in (1, 2) for m, r in RANKS.items()]
     write_fake_cells(tmp_path, "3", specs)
