@@ -232,25 +232,23 @@ def continue_from(candidates, identity: dict, workdir: str, log=None) -> str | N
             old = files.read_json(os.path.join(src, "config.json"))
         except (OSError, ValueError):
             continue
-        history = workdir_history(src)
+        history = workdir_history(src) or []
         if (
             any(old.get(k) != identity[k] for k in IDENTITY)  # else: in place
             and old["config"].get("epochs", 0) <= identity["config"]["epochs"]
             and not run_diffs(old, identity, history)
         ):
-            found.append((max((r["epoch"] for r in history), default=-1), src))
+            trained = max((r.get("epoch", -1) for r in history), default=-1)
+            found.append((trained, src, old["config"]))
     if not found:
         return None
-    src = max(found)[1]
+    _, src, a = max(found)
     tmp = f"{workdir}.copying"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".lock"))
     os.replace(tmp, workdir)
     if log is not None:
-        a, b = (
-            files.read_json(os.path.join(src, "config.json"))["config"],
-            identity["config"],
-        )
+        b = identity["config"]
         what = ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(b)
                          if a.get(k) != b.get(k))  # fmt: skip
         print(f"  continues {src} ({what})", file=log)
@@ -264,7 +262,9 @@ def check_same_run(old: dict, new: dict, where: str, history=None) -> None:
     if diffs:
         why = ""
         if any(d.split(":")[0] in STOPPING for d in diffs):
-            why = (f" (a member has already waited {longest_wait(history)} "
+            why = (" (no readable metrics.jsonl tells how long members waited)"
+                   if history is None else
+                   f" (a member has already waited {longest_wait(history)} "
                    "validations without improvement)")  # fmt: skip
         raise ValueError(
             f"{where} belongs to a different run ({'; '.join(diffs[:4])}){why}; "

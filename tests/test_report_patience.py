@@ -95,6 +95,11 @@ def test_another_patience_is_refused_once_a_member_waited_that_long(pair, tmp_pa
     assert longest == 2  # members stopped by patience 2
     with pytest.raises(ValueError, match=r"patience: 2 -> 6.*already waited 2"):
         run_tiny(short_dir, SHORT.replace(patience=6), seeds=SEEDS)
+    old = json.load(open(os.path.join(short_dir, "config.json")))
+    new = dict(old, config=dict(old["config"], patience=6))
+    with pytest.raises(ValueError, match=r"no readable metrics.jsonl"):
+        runner.check_same_run(old, new, "wd", history=None)
+    assert runner.continue_from([short_dir], new, "unused") is None
 
 
 def test_longest_wait_by_hand():
