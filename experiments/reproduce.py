@@ -52,7 +52,7 @@ from absl import app, flags, logging
 from awrsr_jax import datasets, files, registry, results, runner, search, stats
 from awrsr_jax.analysis import fmt as _f
 from awrsr_jax.analysis import markdown_table as _md
-from awrsr_jax.config import Config
+from awrsr_jax.config import Config, validate
 from awrsr_jax.paper import PAPER_TABLE2, PAPER_TABLE3
 
 SMOKE = dict(hidden=16, max_len=10, layers=1, heads=1, batch_size=32)
@@ -171,8 +171,9 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
     command continues it). A diverged cell is recorded as failed."""
     loaded, specs = {}, []
     for ds, cfg in entries:
-        cfg = cfg.replace(epochs=epochs, patience=patience, eval_every=eval_every,
-                          report_patience=report_patience)  # fmt: skip
+        cfg = validate(cfg.replace(epochs=epochs, patience=patience,
+                                   eval_every=eval_every,
+                                   report_patience=report_patience))  # fmt: skip
         if ds not in loaded:
             loaded[ds] = datasets.load(ds)
         specs.append((ds, cfg, cell_name(ds, cfg, loaded[ds].sha256, seeds)))

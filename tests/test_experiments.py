@@ -457,6 +457,15 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     assert reproduce._epochs(done) == "30 / 2, 1"
 
 
+def test_a_bad_report_patience_is_refused_before_the_manifest(tmp_path):
+    entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                      mechs=["none"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"--report_patience=3: "):
+        reproduce.run_table("2", entries, str(tmp_path), seeds=[0], epochs=2,
+                            patience=3, report_patience=3)  # fmt: skip
+    assert not (tmp_path / "table2.json").exists()
+
+
 def test_a_raised_patience_continues_the_table_cells(tmp_path):
     """A table run again with a larger patience (and a rule at the old one)
     continues its cells from their checkpoints instead of starting over."""
