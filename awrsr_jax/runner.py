@@ -64,6 +64,7 @@ from tqdm import tqdm
 from awrsr_jax import analysis, checkpoint, files, parallel, train
 from awrsr_jax.config import Config, validate
 from awrsr_jax.datasets import Dataset
+from awrsr_jax.results import read_metrics
 
 IDENTITY = ("config", "dataset", "data_sha256", "seeds", "sweep")
 RESULT_FILES = ("results.json", "metrics.jsonl", "test_ranks.npy",
@@ -190,8 +191,7 @@ def workdir_history(workdir: str) -> list[dict] | None:
     """The records of ``workdir``'s ``metrics.jsonl`` (None if unreadable):
     the history a changed patience is judged by before the checkpoint's own."""
     try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return read_metrics(workdir)
     except (OSError, ValueError):
         return None
 
