@@ -33,6 +33,8 @@ background save must not still be reading them. Nothing here uses pickle.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import logging
 import os
@@ -116,12 +118,39 @@ def _reason(e: BaseException) -> str:
 
 
 def code_version() -> str:
-    """Package version plus a hash of the package's Python sources."""
+    """Package version plus a hash of what the package's Python sources do.
+
+    The hash covers each module's syntax tree without docstrings
+    (:func:`source_hash`), so editing a docstring, a comment or the layout does
+    not make a resumed checkpoint look like it came from other code.
+    """
+    return f"{awrsr_jax.__version__}+{source_hash(pathlib.Path(awrsr_jax.__file__).parent)}"
+
+
+@functools.lru_cache(maxsize=8)
+def source_hash(root: pathlib.Path) -> str:
+    """12 hex digits of SHA-256 over the ``*.py`` files under ``root``: each
+    file's relative path and its ``ast.dump`` with docstrings removed (no line
+    numbers, so comments and formatting do not count)."""
     h = hashlib.sha256()
-    root = pathlib.Path(awrsr_jax.__file__).parent
     for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return f"{awrsr_jax.__version__}+{h.hexdigest()[:12]}"
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (
+                isinstance(node, _DOCUMENTED)
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+        dump = ast.dump(tree, annotate_fields=False)
+        h.update(str(path.relative_to(root)).encode() + b"\0" + dump.encode() + b"\0")
+    return h.hexdigest()[:12]
+
+
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 def _flat(tree, prefix=()) -> dict[str, object]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 
@@ -411,3 +412,47 @@ def test_a_second_run_in_the_same_workdir_is_refused(ref, tmp_path):
         with pytest.raises(ValueError, match=rf"{wd} is in use by another run"):
             run(wd)
     assert sorted(os.listdir(wd)) == [".lock"]
+
+
+def test_code_version_ignores_docstrings_comments_and_layout(tmp_path):
+    src = '''"""Module doc."""
+
+X = 1  # a comment
+
+
+def f(a):
+    """Function doc."""
+    return a + X
+
+
+class C:
+    """Class doc."""
+
+    def g(self):
+        return "not a docstring", 2
+'''
+    (tmp_path / "pkg").mkdir()
+
+    def version(text, name="m.py"):
+        for old in (tmp_path / "pkg").glob("*.py"):
+            old.unlink()
+        (tmp_path / "pkg" / name).write_text(text)
+        checkpoint.source_hash.cache_clear()
+        return checkpoint.source_hash(tmp_path / "pkg")
+
+    base = version(src)
+    assert len(base) == 12
+    same = (
+        src.replace("Module doc.", "Other words.")
+        .replace('"""Function doc."""\n', "")
+        .replace("# a comment", "")
+        .replace("X = 1", "X = (\n    1\n)")
+        .replace('"""Class doc."""', '"""Class doc.\n\n    Longer.\n    """')
+    )
+    assert version(same) == base
+    assert version(src.replace("a + X", "a - X")) != base
+    assert version(src.replace('"not a docstring"', '"changed"')) != base
+    assert version(src, name="n.py") != base  # the path counts
+    # the package's own version has this form
+    package = pathlib.Path(checkpoint.__file__).parent
+    assert checkpoint.code_version().endswith("+" + checkpoint.source_hash(package))
