@@ -161,19 +161,28 @@ def longer_cap(old: dict, new: dict) -> bool:
 STOPPING = ("patience", "report_patience")
 
 
+def member_progress(history) -> dict[int, dict]:
+    """Per member of ``history`` (``metrics.jsonl`` records), from its
+    validations: ``epochs`` (run up to the last one logged), ``best`` validation NDCG@5
+    and its ``best_epoch``, ``wait`` (validations since the best) and
+    ``longest`` (the most validations in a row without a better one so far)."""
+    out: dict[int, dict] = {}
+    valid = [r for r in history if "valid" in r and "member" in r]
+    for r in sorted(valid, key=lambda r: (r["member"], r["epoch"])):
+        p = out.setdefault(r["member"], dict(best=-math.inf, wait=0, longest=0))
+        p["epochs"], v = r["epoch"] + 1, r["valid"][train.SELECT]
+        if v > p["best"]:
+            p.update(best=v, best_epoch=r["epoch"], wait=0)
+        else:
+            p["wait"] += 1
+            p["longest"] = max(p["longest"], p["wait"])
+    return out
+
+
 def longest_wait(history) -> int:
     """The most validations in a row without a better validation NDCG@5 that
     any member of ``history`` (``metrics.jsonl`` records) has had so far."""
-    best, wait, most = {}, {}, 0
-    valid = [r for r in history if "valid" in r and "member" in r]
-    for r in sorted(valid, key=lambda r: (r["member"], r["epoch"])):
-        m, v = r["member"], r["valid"][train.SELECT]
-        if v > best.get(m, -math.inf):
-            best[m], wait[m] = v, 0
-        else:
-            wait[m] = wait.get(m, 0) + 1
-            most = max(most, wait[m])
-    return most
+    return max((p["longest"] for p in member_progress(history).values()), default=0)
 
 
 def same_so_far(old: dict, new: dict, history) -> bool:

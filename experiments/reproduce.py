@@ -4,6 +4,7 @@
     python -m experiments.reproduce --table=3 --budget=gpu --datasets=beauty
     python -m experiments.reproduce --table=refine --budget=gpu --datasets=beauty
     python -m experiments.reproduce --table=2 --from_results=runs/reproduce --out=results
+    python -m experiments.reproduce --table=2 --status --from_results=runs/reproduce
     python -m experiments.reproduce --table=2 --budget=smoke   # CI: tiny CPU run
 
 A table is a list of *cells* (dataset, backbone, mechanism, config). A cell
@@ -433,6 +434,63 @@ def load_tables(results_dirs, table) -> tuple[dict, list]:
     return info, [cell for _, cells in loaded for cell in cells]
 
 
+def cell_progress(cell_dir) -> dict:
+    """Where one cell stands, from its files alone (nothing is trained):
+    ``state`` ("not started", "unfinished": training, paused or ended by a
+    time limit, "done" or "failed"), ``config`` (config.json's, or None),
+    ``members`` (:func:`awrsr_jax.runner.member_progress`) and ``hours``
+    trained (each epoch's training plus validation seconds, as logged)."""
+    if not os.path.exists(os.path.join(cell_dir, "config.json")):
+        return dict(state="not started", config=None, members={}, hours=0.0)
+    config = files.read_json(os.path.join(cell_dir, "config.json"))["config"]
+    history = runner.workdir_history(cell_dir) or []
+    state = "unfinished"
+    if results.is_done(cell_dir):
+        res = files.read_json(os.path.join(cell_dir, "results.json"))
+        if not res.get("stopped"):
+            state = "done" if res["status"] == "ok" else "failed"
+    per_epoch = {r["epoch"]: r.get("seconds", 0) + r.get("eval_seconds", 0)
+                 for r in history if "epoch" in r}  # fmt: skip
+    return dict(state=state, config=config, members=runner.member_progress(history),
+                hours=sum(per_epoch.values()) / 3600)  # fmt: skip
+
+
+def progress(results_dirs, table) -> list[str]:
+    """A Markdown table of every cell of one or several reproduce folders
+    (``--status``): its state, epochs, and per seed the best validation
+    NDCG@5, its epoch and the validations waited since; "seeds stopped"
+    counts seeds that have waited ``patience`` (and, with a
+    ``report_patience`` R, "at rule R" those that have waited R at some time)."""
+    if not isinstance(results_dirs, (list, tuple)):
+        results_dirs = os.fspath(results_dirs).split(",")
+    rows = []
+    for d in results_dirs:
+        for e, _ in results.load_manifest(d, table)[1]:
+            p = cell_progress(os.path.join(d, e["cell"]))
+            ms = [p["members"][m] for m in sorted(p["members"])]
+            stops = "–"
+            if p["config"] is not None and ms:
+                pat, rule = (
+                    p["config"]["patience"],
+                    p["config"].get("report_patience") or 0,
+                )
+                stops = f"{sum(m['longest'] >= pat for m in ms)}/{len(ms)}"
+                if rule:
+                    stops += (
+                        f"; at rule {rule}: {sum(m['longest'] >= rule for m in ms)}"
+                    )
+            rows.append([
+                e["dataset"], e["backbone"], e["mech"], e["layers"], p["state"],
+                max((m["epochs"] for m in ms), default=0), f"{p['hours']:.1f}",
+                " ".join(f"{m['best']:.4f}" for m in ms) or "–",
+                " ".join(str(m["best_epoch"]) for m in ms) or "–",
+                " ".join(str(m["wait"]) for m in ms) or "–", stops,
+            ])  # fmt: skip
+    header = ["dataset", "backbone", "mech", "layers", "state", "epochs", "hours",
+              "best valid NDCG@5 per seed", "at epoch", "waited", "seeds stopped"]  # fmt: skip
+    return _md(header, rows)
+
+
 def render(results_dir, table, out) -> list[str]:
     """``table<N>.md`` and ``table<N>_summary.json`` from a results folder;
     where its cells trained with ``--report_patience=R``, also
@@ -485,6 +543,9 @@ def define_flags():
     flags.DEFINE_string("from_results", None,
                         "only rebuild the table from this folder, or from several "
                         "(comma-separated, e.g. one per dataset) as one table")  # fmt: skip
+    flags.DEFINE_bool("status", False,
+                      "print where each cell of --from_results (or --out) "
+                      "stands, from its files, and exit: nothing is trained")  # fmt: skip
     flags.DEFINE_float("max_minutes", None, "start no new cell after this many minutes")
     flags.DEFINE_float("cell_minutes", None,
                        "end a cell's training after this many minutes (default: "
@@ -501,6 +562,9 @@ def main(argv):
         or os.path.join("runs", "reproduce")
     )
     try:
+        if f.status:
+            print("\n".join(progress(f.from_results or out, f.table)))
+            return
         if not f.from_results:
             if f.cell_minutes is not None and f.cell_minutes < 0:
                 raise ValueError(f"--cell_minutes={f.cell_minutes}: must be >= 0")

@@ -331,6 +331,21 @@ def test_several_result_folders_render_as_one_table(tmp_path):
     assert "Commands: `cmd`; `cmd2` (budget `smoke`, seeds [0, 1])" in md
 
 
+def test_status_reads_each_cell_without_training(tmp_path):
+    write_fake_cells(tmp_path)
+    (tmp_path / "cells" / "add-2-scores" / "results.json").unlink()  # unfinished
+    info = json.loads((tmp_path / "table2.json").read_text())
+    info["entries"].append(dict(info["entries"][0], mech="value", cell="cells/v"))
+    (tmp_path / "table2.json").write_text(json.dumps(info))
+    lines = reproduce.progress(str(tmp_path), "2")
+    # metrics: valid NDCG@5 = 0.01 * epoch + member over epochs 0..59 (patience 20)
+    assert lines[2:] == [
+        "| toy | sasrec | none | 2 | done | 60 | 0.0 | 0.5900 1.5900 | 59 59 | 0 0 | 0/2 |",
+        "| toy | sasrec | value | 2 | not started | 0 | 0.0 | – | – | – | – |",
+        "| toy | sasrec | add | 2 | unfinished | 60 | 0.0 | 0.5900 1.5900 | 59 59 | 0 0 | 0/2 |",
+    ]  # fmt: skip
+
+
 def test_render_table3_and_refine(tmp_path):
     specs = [(m, n, "scores", r + n - 1) for n in (1, 2) for m, r in RANKS.items()]
     write_fake_cells(tmp_path, "3", specs)
@@ -443,6 +458,8 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     assert epochs == [0]
     md = open(reproduce.render(tmp_path, "2", tmp_path)[0]).read()
     assert "| 1 / 0 † |" in md
+    (row,) = reproduce.progress(str(tmp_path), "2")[2:]
+    assert row.startswith("| smoke | sasrec | none | 1 | unfinished | 1 | ")
     assert (
         "no conclusion rests on these cells: smoke / sasrec / none, 1 layer(s), "
         "scores (seeds [0], 1 epochs)." in md
@@ -452,6 +469,8 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     res = json.loads((cell / "results.json").read_text())
     assert res["epochs_run"] == 3 and "stopped" not in res
     assert [json.loads(x)["epoch"] for x in open(cell / "metrics.jsonl")] == [0, 1, 2]
+    (row,) = reproduce.progress(str(tmp_path), "2")[2:]
+    assert row.startswith("| smoke | sasrec | none | 1 | done | 3 | ")
     done = {"epochs_run": 30, "best_epoch": [2, 1], "seeds": [0, 1],
             "config": {"patience": 3, "eval_every": 1}}  # fmt: skip
     assert reproduce._epochs(done) == "30 / 2, 1"

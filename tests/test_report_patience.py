@@ -112,6 +112,11 @@ def test_longest_wait_by_hand():
     history.append({"member": 0, "epoch": 6})  # not validated: not counted
     # member 0 waits 0 0 1 2 0 1; member 1 waits 0 1 2 3 4
     assert runner.longest_wait(history) == 4
+    assert runner.member_progress(history) == {
+        0: dict(epochs=6, best=0.3, best_epoch=4, wait=1, longest=2),
+        1: dict(epochs=5, best=0.3, best_epoch=0, wait=4, longest=4),
+    }
+    assert runner.longest_wait([]) == 0
     old, new = {"patience": 20}, {"patience": 6, "report_patience": 5}
     assert runner.same_so_far(old, new, history)  # 4 < min(20, 6, 5)
     assert not runner.same_so_far(old, {"patience": 4}, history)
