@@ -137,6 +137,14 @@ class Preempted(BaseException):  # noqa: N818 (an interruption, not an error)
         self.epoch = epoch
 
 
+def preempted_exit(e: Preempted, log=None) -> int:
+    """For commands that chain runs (grid, reproduce): prints ``e`` (saved,
+    and how to resume) and returns 143, a SIGTERM's exit status, so that a
+    script going on to its next step on success stops here."""
+    print(e, file=log or sys.stderr)
+    return 128 + signal.SIGTERM
+
+
 def protocol_text(cfg: Config, num_items: int) -> str:
     if cfg.protocol == "sampled100":
         rank = "rank among the target and 100 sampled negatives (SASRec paper)"

@@ -307,6 +307,8 @@ def main(argv):
         best = write_outputs(
             table, out, label=data.name, backbone=f.backbone, space=space_name
         )
+    except runner.Preempted as e:
+        sys.exit(runner.preempted_exit(e))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"{len(table)} configs in the table ({time.perf_counter() - t0:.0f} s)")

@@ -590,6 +590,8 @@ def main(argv):
             print(f"results in {out}; render the table elsewhere with "
                   f"--from_results={out} ({e})")  # fmt: skip
             return
+    except runner.Preempted as e:
+        sys.exit(runner.preempted_exit(e))
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {e}")
     with open(paths[0]) as fh:

@@ -10,6 +10,8 @@ import dataclasses
 import io
 import json
 import math
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -19,7 +21,7 @@ from awrsr_jax import analysis, checkpoint, datasets, search, stats
 from awrsr_jax import train as train_lib
 from awrsr_jax.config import Config
 from experiments import complexity, figures, grid, reproduce
-from tests.conftest import RANKS, ndcg5
+from tests.conftest import RANKS, REPO, ndcg5, run_module
 
 
 def test_parse_set_types():
@@ -476,6 +478,48 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     assert reproduce._epochs(done) == "30 / 2, 1"
 
 
+SIGTERM_AFTER_FIRST_SAVE = """
+import os, signal, sys
+from absl import app
+from awrsr_jax import checkpoint
+import experiments.{module} as mod
+real = checkpoint.Store.save
+def save(self, loop, meta):
+    real(self, loop, meta)
+    os.kill(os.getpid(), signal.SIGTERM)
+checkpoint.Store.save = save
+mod.define_flags()
+sys.argv = ["x", *{args!r}]
+app.run(mod.main)
+"""
+
+
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("reproduce", ["--budget=smoke", "--mechs=none", "--seeds=1", "--epochs=2"]),
+        pytest.param(
+            "grid", ["--budget=smoke", "--set=epochs=2"], marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_sigterm_stops_a_chain_of_runs_with_143_and_no_traceback(
+    tmp_path, module, args
+):
+    """A SIGTERM'd grid or table exits 143 (a script chaining commands stops)
+    saying how to resume, and the same command then goes on."""
+    args = [*args, f"--out={tmp_path}"]
+    code = SIGTERM_AFTER_FIRST_SAVE.format(module=module, args=args)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                       text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 143, r.stderr
+    assert "run the same command again to resume" in r.stderr
+    assert "Traceback" not in r.stderr
+    if module == "grid":  # (resuming a table's cell: test_cell_minutes_...)
+        r = run_module(f"experiments.{module}", *args)
+        assert r.returncode == 0, r.stderr
+
+
 def test_a_bad_report_patience_is_refused_before_the_manifest(tmp_path):
     entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
                                       mechs=["none"])  # fmt: skip
@@ -533,7 +577,6 @@ def test_bench_ensemble_split_hand_numbers():
     ],
 )
 def test_bench_quick_prints_one_json_line_per_case(only):
-    from tests.conftest import run_module
 
     out = run_module("experiments.bench", "--quick", "--epochs=1", f"--only={only}")
     assert out.returncode == 0, out.stderr[-2000:]
