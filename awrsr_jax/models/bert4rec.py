@@ -57,7 +57,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from awrsr_jax.models.common import refined_weights
+from awrsr_jax.models.common import query_rows, refined_weights
 from awrsr_jax.ops import attention as att
 from awrsr_jax.ops import losses
 
@@ -96,7 +96,7 @@ class BERT4RecBlock(nn.Module):
     max_len: int | None = None  # refinement matrices' size (None: input length)
 
     @nn.compact
-    def __call__(self, x_BxLxD, valid_BxL, train: bool):
+    def __call__(self, x_BxLxD, valid_BxL, train: bool, last: bool = False):
         b, n, d = x_BxLxD.shape
 
         def proj(name):
@@ -111,8 +111,9 @@ class BERT4RecBlock(nn.Module):
             refine_input=self.refine_input,
             per_head=self.per_head,
         )
+        p, x_BxLxD, valid_BxL = query_rows(last, p, x_BxLxD, valid_BxL)
         p = _drop(self, p, self.dropout, train)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", p, v).reshape(b, n, d)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", p, v).reshape(x_BxLxD.shape)
         ctx = _drop(self, _dense(d, "out")(ctx), self.dropout, train)
         x = nn.LayerNorm(epsilon=LN_EPS, name="ln_attn")(x_BxLxD + ctx)
         h = jax.nn.gelu(_dense(4 * d, "ffn1")(x))
@@ -175,10 +176,11 @@ class BERT4Rec(nn.Module):
             "out_bias", nn.initializers.zeros, (self.num_items + 1,)
         )
 
-    def __call__(self, seq_BxL, train: bool = False):
+    def __call__(self, seq_BxL, train: bool = False, last_only: bool = False):
         """Output states ``BxLxD``, ``L <= max_len + 1``: the encoder's, through
         the output transform, which :meth:`score_items` dots with the items
-        (zero rows at padding)."""
+        (zero rows at padding); ``Bx1xD``, the last position's, with
+        ``last_only`` (the last block computes no other)."""
         if seq_BxL.shape[1] > self.max_len + 1:
             raise ValueError(
                 f"input length {seq_BxL.shape[1]} exceeds max_len + 1 = "
@@ -187,8 +189,9 @@ class BERT4Rec(nn.Module):
         valid = seq_BxL > 0
         x = self.item_emb[seq_BxL] + self.pos_emb[None, -seq_BxL.shape[1] :]
         x = _drop(self, self.ln_emb(x), self.dropout, train) * valid[..., None]
-        for block in self.blocks:
-            x = block(x, valid, train)
+        for i, block in enumerate(self.blocks):
+            x = block(x, valid, train, last=last_only and i == self.layers - 1)
+        valid = valid[:, -x.shape[1] :]
         return self.ln_head(jax.nn.gelu(self.head(x))) * valid[..., None]
 
     def _logits(self, state_xD):
@@ -198,7 +201,8 @@ class BERT4Rec(nn.Module):
         """``BxD``: the output at a ``[mask]`` appended after the history
         ``seq_BxL`` (no dropout); what :meth:`score_items` scores."""
         mask = jnp.full((seq_BxL.shape[0], 1), self.num_items + 1, seq_BxL.dtype)
-        return self(jnp.concatenate([seq_BxL, mask], 1), train=False)[:, -1]
+        seq = jnp.concatenate([seq_BxL, mask], 1)
+        return self(seq, train=False, last_only=True)[:, -1]
 
     def score_all(self, seq_BxL):
         """Scores ``BxV`` of every id ``0..num_items`` at the ``[mask]`` after

@@ -72,3 +72,15 @@ def refined_weights(module, scores_BxHxLxL, mask, *, mech, refine_input, per_hea
     module.sow("intermediates", "A", jnp.where(mask, scores_BxHxLxL, 0.0))
     module.sow("intermediates", "B", jnp.where(mask, b, 0.0))
     return att.masked_softmax(b, mask)
+
+
+def query_rows(last: bool, p_BxHxLxL, *per_position):
+    """``p`` and the ``[B, L, ...]`` arrays a block reads after its attention
+    weights: unchanged, or with ``last`` only the last query row of ``p`` and
+    the last position of each. Evaluation reads only the last position, and
+    every step after the weights is per position, so the last block need not
+    compute the others (the weights themselves need every row: a refinement
+    mixes the rows of ``A``)."""
+    if not last:
+        return (p_BxHxLxL, *per_position)
+    return (p_BxHxLxL[:, :, -1:], *(x[:, -1:] for x in per_position))

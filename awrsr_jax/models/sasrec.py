@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from awrsr_jax.models.common import refined_weights
+from awrsr_jax.models.common import query_rows, refined_weights
 from awrsr_jax.ops import attention as att
 from awrsr_jax.ops import losses
 
@@ -36,7 +36,8 @@ def _drop(module: nn.Module, x, rate, train: bool):
 
 
 class SASRecBlock(nn.Module):
-    """One self-attention block. ``x_BxLxD``, ``valid_BxL`` -> ``BxLxD``."""
+    """One self-attention block. ``x_BxLxD``, ``valid_BxL`` -> ``BxLxD``
+    (``Bx1xD``, the last position only, with ``last=True``)."""
 
     hidden: int
     heads: int
@@ -47,7 +48,7 @@ class SASRecBlock(nn.Module):
     max_len: int | None = None  # refinement matrices' size (None: input length)
 
     @nn.compact
-    def __call__(self, x_BxLxD, valid_BxL, train: bool):
+    def __call__(self, x_BxLxD, valid_BxL, train: bool, last: bool = False):
         b, n, d = x_BxLxD.shape
         dh = d // self.heads
         q_in = nn.LayerNorm(epsilon=1e-8, name="ln_attn")(x_BxLxD)
@@ -65,8 +66,9 @@ class SASRecBlock(nn.Module):
             refine_input=self.refine_input,
             per_head=self.per_head,
         )
+        p, q_in, valid_BxL = query_rows(last, p, q_in, valid_BxL)
         p = _drop(self, p, self.dropout, train)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", p, v).reshape(b, n, d)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", p, v).reshape(q_in.shape)
         x = q_in + ctx
         ff_in = nn.LayerNorm(epsilon=1e-8, name="ln_ffn")(x)
         h = jax.nn.relu(nn.Dense(d, kernel_init=glorot, name="ffn1")(ff_in))
@@ -123,24 +125,24 @@ class SASRec(nn.Module):
         ]
         self.ln_final = nn.LayerNorm(epsilon=1e-8)
 
-    def __call__(self, seq_BxL, train: bool = False):
-        """Hidden states ``BxLxD`` (zero rows at padding)."""
+    def __call__(self, seq_BxL, train: bool = False, last_only: bool = False):
+        """Hidden states ``BxLxD`` (zero rows at padding); ``Bx1xD``, the last
+        position's, with ``last_only`` (the last block computes no other)."""
         valid = seq_BxL > 0
         x = self.item_emb[seq_BxL] * jnp.sqrt(float(self.hidden))
         x = x + self.pos_emb[None, -seq_BxL.shape[1] :]
         x = _drop(self, x, self.dropout, train) * valid[..., None]
-        for block in self.blocks:
-            x = block(x, valid, train)
+        for i, block in enumerate(self.blocks):
+            x = block(x, valid, train, last=last_only and i == self.layers - 1)
         return self.ln_final(x)
 
     def score_all(self, seq_BxL):
         """Scores ``BxV`` of every item after the last position (no dropout)."""
-        h = self(seq_BxL, train=False)[:, -1]
-        return h @ self.item_emb.T
+        return self.user_state(seq_BxL) @ self.item_emb.T
 
     def user_state(self, seq_BxL):
         """``BxD``: what :meth:`score_items` scores against (no dropout)."""
-        return self(seq_BxL, train=False)[:, -1]
+        return self(seq_BxL, train=False, last_only=True)[:, -1]
 
     def score_items(self, state_BxD, items):
         """Scores of ``items`` (``[I]`` for every row, or ``[B, I]``) for each

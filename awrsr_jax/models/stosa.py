@@ -52,7 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from awrsr_jax.models.common import refined_weights
+from awrsr_jax.models.common import query_rows, refined_weights
 from awrsr_jax.ops import attention as att
 from awrsr_jax.ops import losses
 
@@ -105,7 +105,8 @@ class FeedForward(nn.Module):
 class STOSABlock(nn.Module):
     """One Wasserstein self-attention layer plus the two feed-forward blocks.
 
-    ``(mu_BxLxD, sigma_BxLxD, valid_BxL) -> (mu_BxLxD, sigma_BxLxD)``.
+    ``(mu_BxLxD, sigma_BxLxD, valid_BxL) -> (mu_BxLxD, sigma_BxLxD)`` (the
+    last position only, ``Bx1xD`` each, with ``last=True``).
     """
 
     hidden: int
@@ -118,7 +119,7 @@ class STOSABlock(nn.Module):
     max_len: int | None = None  # refinement matrices' size (None: input length)
 
     @nn.compact
-    def __call__(self, mu_BxLxD, sigma_BxLxD, valid_BxL, train: bool):
+    def __call__(self, mu_BxLxD, sigma_BxLxD, valid_BxL, train: bool, last=False):
         b, n, d = mu_BxLxD.shape
         dh = d // self.heads
 
@@ -137,9 +138,13 @@ class STOSABlock(nn.Module):
             refine_input=self.refine_input,
             per_head=self.per_head,
         )
+        p_BxHxLxL, mu_BxLxD, sigma_BxLxD, valid_BxL = query_rows(
+            last, p_BxHxLxL, mu_BxLxD, sigma_BxLxD, valid_BxL
+        )
         p_BxHxLxL = _drop(self, p_BxHxLxL, self.attn_dropout, train)
-        ctx_mu = jnp.einsum("bhqk,bkhd->bqhd", p_BxHxLxL, v_mu).reshape(b, n, d)
-        ctx_sg = jnp.einsum("bhqk,bkhd->bqhd", p_BxHxLxL**2, v_sg).reshape(b, n, d)
+        shape = mu_BxLxD.shape
+        ctx_mu = jnp.einsum("bhqk,bkhd->bqhd", p_BxHxLxL, v_mu).reshape(shape)
+        ctx_sg = jnp.einsum("bhqk,bkhd->bqhd", p_BxHxLxL**2, v_sg).reshape(shape)
         # One LayerNorm instance for both streams, as in their DistSelfAttention.
         ln = nn.LayerNorm(epsilon=LN_EPS, name="ln_attn")
 
@@ -219,16 +224,19 @@ class STOSA(nn.Module):
         sigma = att.elu_plus_one(_drop(self, self.ln_emb(x_sg), self.dropout, train))
         return _hold_padding(mu, sigma, seq_BxL > 0)
 
-    def __call__(self, seq_BxL, train: bool = False):
-        """Output Gaussians ``(mu_BxLxD, sigma_BxLxD)``; padding holds (0, 1)."""
+    def __call__(self, seq_BxL, train: bool = False, last_only: bool = False):
+        """Output Gaussians ``(mu_BxLxD, sigma_BxLxD)``; padding holds (0, 1).
+        With ``last_only``, the last position's (``Bx1xD`` each; the last layer
+        computes no other)."""
         valid = seq_BxL > 0
         mu_in, sigma = self.embed(seq_BxL, train)
         mu = mu_in
-        for block in self.blocks:
-            new_mu, sigma = block(mu, sigma, valid, train)
+        for i, block in enumerate(self.blocks):
+            last = last_only and i == self.layers - 1
+            new_mu, sigma = block(mu, sigma, valid, train, last=last)
             # Their encoder assigns the new mean to a misspelt name, so every
             # layer reads, and the model returns, the embedding-stage mean.
-            mu = mu_in if self.mean_passthrough else new_mu
+            mu = mu_in[:, -sigma.shape[1] :] if self.mean_passthrough else new_mu
         return mu, sigma
 
     def item_gaussians(self, ids=None):
@@ -240,14 +248,13 @@ class STOSA(nn.Module):
 
     def score_all(self, seq_BxL):
         """``-W2^2`` ``BxV`` from the last position to every item (no dropout)."""
-        mu, sigma = self(seq_BxL, train=False)
         item_mu, item_sg = self.item_gaussians()
-        return -att.w2_distance_sq(mu[:, -1], sigma[:, -1], item_mu, item_sg)
+        return -att.w2_distance_sq(*self.user_state(seq_BxL), item_mu, item_sg)
 
     def user_state(self, seq_BxL):
         """``(mu_BxD, sigma_BxD)``, the last position's Gaussian: what
         :meth:`score_items` scores against (no dropout)."""
-        mu, sigma = self(seq_BxL, train=False)
+        mu, sigma = self(seq_BxL, train=False, last_only=True)
         return mu[:, -1], sigma[:, -1]
 
     def score_items(self, state, items):
