@@ -18,18 +18,21 @@ from awrsr_jax import models
 from tests.conftest import tiny_config
 
 L, V = 7, 30
-CASES = [
+QUICK = [
+    ("sasrec", "value", {"per_head": True}),
+    ("stosa", "add", {"mean_passthrough": True}),
+    ("bert4rec", "value", {}),
+]
+SLOW = [
     ("sasrec", "none", {}),
     ("sasrec", "simp", {}),
-    ("sasrec", "value", {"per_head": True}),
     ("sasrec", "add", {"refine_input": "probs"}),
     ("stosa", "none", {}),
     ("stosa", "stoc", {}),
     ("stosa", "value", {}),
-    ("stosa", "add", {"mean_passthrough": True}),
     ("bert4rec", "simp", {}),
-    ("bert4rec", "value", {}),
 ]
+CASES = QUICK + [pytest.param(*c, marks=pytest.mark.slow) for c in SLOW]
 
 
 @pytest.mark.parametrize("backbone, mech, kw", CASES)
@@ -48,12 +51,10 @@ def test_last_position_alone_equals_the_full_forward(backbone, mech, kw):
         [[0, 0, 0, 0, 0, 4, 9], [0, 0, 3, 17, 5, 9, 22], [1, 2, 3, 4, 5, 6, 7]],
         jnp.int32,
     )
-    state = model.apply(params, seq, method="user_state")
+    state = jax.jit(lambda p, s: model.apply(p, s, method="user_state"))(params, seq)
     if backbone == "bert4rec":
-        mask = jnp.full((3, 1), V + 1, jnp.int32)
-        full = model.apply(params, jnp.concatenate([seq, mask], 1))
-    else:
-        full = model.apply(params, seq)
+        seq = jnp.concatenate([seq, jnp.full((3, 1), V + 1, jnp.int32)], 1)
+    full = jax.jit(model.apply)(params, seq)
     for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(full)):
         assert got.shape == want[:, -1].shape
         np.testing.assert_allclose(got, want[:, -1], rtol=1e-5, atol=1e-5)
