@@ -471,14 +471,10 @@ def progress(results_dirs, table) -> list[str]:
         for e, _ in results.load_manifest(d, table)[1]:
             p = cell_progress(os.path.join(d, e["cell"]))
             ms = [p["members"][m] for m in sorted(p["members"])]
-            stops = "–"
-            if p["config"] is not None and ms:
-                pat, rule = (
-                    p["config"]["patience"],
-                    p["config"].get("report_patience") or 0,
-                )
-                stops = f"{sum(m['longest'] >= pat for m in ms)}/{len(ms)}"
-                if rule:
+            stops, cfg = "–", p["config"]
+            if cfg is not None and ms:
+                stops = f"{sum(m['longest'] >= cfg['patience'] for m in ms)}/{len(ms)}"
+                if rule := cfg.get("report_patience"):
                     stops += (
                         f"; at rule {rule}: {sum(m['longest'] >= rule for m in ms)}"
                     )
