@@ -86,6 +86,14 @@ def _entry_order(e: dict) -> tuple:
     return e["dataset"], bb, rank, e["layers"], e["refine_input"]
 
 
+def folders(results_dirs) -> list:
+    """One folder, a list of them, or a comma-separated string of them (one
+    per dataset, say), as a list."""
+    if isinstance(results_dirs, (list, tuple)):
+        return list(results_dirs)
+    return os.fspath(results_dirs).split(",")
+
+
 def load_manifest(results_dir, table: str) -> tuple[dict, list]:
     """A reproduce table's ``table<N>.json`` and its cells, loaded:
     ``(info, [(entry, run or None)])`` (None: not finished), in a fixed order

@@ -1,6 +1,7 @@
 """The paper's Figures 2-5 as PNG files, from ``experiments.reproduce`` outputs.
 
     python -m experiments.figures --from_results=runs/reproduce --out=results/figures
+    python -m experiments.figures --from_results=runs/a,runs/b   # one set of figures
     python -m experiments.figures --budget=smoke   # trains a tiny Table 2 first
 
 Reads ``<from_results>/table2.json`` and its cells (no training, CPU is
@@ -65,8 +66,13 @@ def masked_tail(mat_LxL, seq_L, last: int = LAST) -> np.ndarray:
     return np.where(mask, mat_LxL, np.nan)[-last:, -last:]
 
 
-def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
-    """Writes the four PNG files; returns their paths."""
+def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add",
+                 log=None):  # fmt: skip
+    """Writes the four PNG files (one panel per dataset and backbone; several
+    folders, a list or comma-separated, e.g. one per dataset, give one set of
+    figures); returns their paths. Without ``dataset``, Figure 3 is skipped
+    (a line on ``log``, default stderr) while the first panel lacks the
+    ``none`` or ``mech`` cell, as a table still training does."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,7 +82,7 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
     os.makedirs(out, exist_ok=True)
 
     def cell_dir(e):
-        return os.path.join(results_dir, e["cell"])
+        return e["cell"]
 
     ns = np.arange(1, 21)
     grids = [
@@ -94,7 +100,11 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
     key = (dataset, backbone) if dataset else next(iter(panels))
     by_mech = {e["mech"]: e for e, _ in panels.get(key, [])}
     if "none" not in by_mech or mech not in by_mech:
-        raise ValueError(f"Figure 3 needs none and {mech} cells for {key}")
+        missing = f"Figure 3 needs finished none and {mech} cells for {key}"
+        if dataset:
+            raise ValueError(missing)
+        print(f"{missing}: skipped", file=log or sys.stderr)
+        return [paths[k] for k in sorted(paths)]
     paths["fig3_attention"] = _plot_attention(
         plt,
         key,
@@ -108,13 +118,15 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add"):
 
 def _panels(results_dir) -> dict:
     """``{(dataset, backbone): [(entry, ranks), ...]}`` of the finished Table 2
-    cells; ValueError if there are none."""
-    _, cells = results.load_manifest(results_dir, "2")
+    cells of one folder or several (each entry's ``cell`` its path); ValueError
+    if there are none."""
     panels = {}
-    for e, run in cells:
-        if run is not None and run["results"]["status"] == "ok":
-            key = (e["dataset"], e["backbone"])
-            panels.setdefault(key, []).append((e, run["ranks"]))
+    for d in results.folders(results_dir):
+        for e, run in results.load_manifest(d, "2")[1]:
+            if run is not None and run["results"]["status"] == "ok":
+                key = (e["dataset"], e["backbone"])
+                e = dict(e, cell=os.path.join(d, e["cell"]))
+                panels.setdefault(key, []).append((e, run["ranks"]))
     if not panels:
         raise ValueError(f"{results_dir}: no finished Table 2 cells")
     return panels
@@ -159,8 +171,8 @@ def _plot_attention(plt, key, mech, *, base_dir, refined_dir, path) -> str:
 
 def define_flags():
     flags.DEFINE_string("from_results", None,
-                        "experiments.reproduce output folder to read (default "
-                        "runs/reproduce)")  # fmt: skip
+                        "experiments.reproduce output folder to read, or several "
+                        "(comma-separated; default runs/reproduce)")  # fmt: skip
     flags.DEFINE_string("results", None, "deprecated name of --from_results")
     flags.DEFINE_string("out", None, "PNG folder (default <from_results>/figures)")
     flags.DEFINE_enum("budget", "full", ["full", "smoke"],
@@ -194,7 +206,8 @@ def main(argv):
             reproduce.run_table("2", entries, src, seeds=list(range(b["seeds"])),
                                 epochs=b["epochs"], patience=b["patience"],
                                 budget="smoke", command="experiments.figures smoke")  # fmt: skip
-        paths = make_figures(src, f.out or os.path.join(src, "figures"),
+        out = f.out or os.path.join(results.folders(src)[0], "figures")
+        paths = make_figures(src, out,
                              dataset=f.dataset, backbone=f.backbone, mech=f.mech)  # fmt: skip
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {e}")

@@ -417,18 +417,11 @@ def render_refine(info, cells):
 RENDER = {"2": render_table2, "3": render_table3, "refine": render_refine}
 
 
-def _folders(results_dirs) -> list:
-    """A list of folders, or a comma-separated string of them, as a list."""
-    if isinstance(results_dirs, (list, tuple)):
-        return list(results_dirs)
-    return os.fspath(results_dirs).split(",")
-
-
 def load_tables(results_dirs, table) -> tuple[dict, list]:
     """:func:`awrsr_jax.results.load_manifest` of one folder, or of several
     (a list or a comma-separated string: say one per dataset) as one table:
     their cells in folder order and their commands together."""
-    loaded = [results.load_manifest(d, table) for d in _folders(results_dirs)]
+    loaded = [results.load_manifest(d, table) for d in results.folders(results_dirs)]
     infos = [info for info, _ in loaded]
     joined = {k: sorted({str(i.get(k)) for i in infos}) for k in ("budget", "seeds")}
     info = dict(
@@ -467,7 +460,7 @@ def progress(results_dirs, table) -> list[str]:
     counts seeds that have waited ``patience`` (and, with a
     ``report_patience`` R, "at rule R" those that have waited R at some time)."""
     rows = []
-    for d in _folders(results_dirs):
+    for d in results.folders(results_dirs):
         for e, _ in results.load_manifest(d, table)[1]:
             p = cell_progress(os.path.join(d, e["cell"]))
             ms = [p["members"][m] for m in sorted(p["members"])]

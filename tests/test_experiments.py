@@ -411,6 +411,26 @@ def test_make_figures_and_complexity_from_results(tmp_path):
     )
 
 
+def test_figures_from_several_folders_skip_figure3_until_its_cells_finish(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_fake_cells(a)  # none and add
+    write_fake_cells(b, specs=[("none", 2, "scores", RANKS["none"])])
+    log = io.StringIO()
+    paths = figures.make_figures(b, tmp_path / "fig", log=log)
+    assert [p.rsplit("/", 1)[1] for p in paths] == [
+        "fig2_ndcg_at_n.png", "fig4_valid_ndcg.png", "fig5_grad_norm.png"]  # fmt: skip
+    assert log.getvalue() == (
+        "Figure 3 needs finished none and add cells for ('toy', 'sasrec'): skipped\n"
+    )
+    with pytest.raises(ValueError, match="Figure 3 needs finished none and add"):
+        figures.make_figures(b, tmp_path / "fig", dataset="toy", backbone="sasrec")
+    panels = figures._panels(f"{b},{a}")  # both folders' cells, by their own paths
+    assert [e["cell"] for e, _ in panels[("toy", "sasrec")]] == [
+        str(b / "cells" / "none-2-scores"), str(a / "cells" / "none-2-scores"),
+        str(a / "cells" / "add-2-scores")]  # fmt: skip
+    assert len(figures.make_figures([b, a], tmp_path / "fig2")) == 4
+
+
 def test_param_counts_from_shapes():
     cfg = Config(hidden=8, max_len=6, layers=2, mech="add")
     got = analysis.param_shapes(cfg, num_items=20)
