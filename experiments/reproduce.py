@@ -169,7 +169,9 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
     manifest is written first, so a table can be rendered from whatever
     finished if the command is killed; no new cell starts after
     ``max_minutes``; a cell's training ends after ``cell_minutes`` (the same
-    command continues it). A diverged cell is recorded as failed."""
+    command continues it), and then the cells train in order of the hours
+    they have trained so far, least first, so that repeated commands share
+    the time out. A diverged cell is recorded as failed."""
     loaded, specs = {}, []
     for ds, cfg in entries:
         cfg = validate(cfg.replace(epochs=epochs, patience=patience,
@@ -183,6 +185,10 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
     t0 = time.perf_counter()
     options = runner.Options(max_minutes=cell_minutes, progress="lines",
                              attention=True, log=log)  # fmt: skip
+    if cell_minutes is not None:  # time slices: the least trained cell first
+        specs.sort(
+            key=lambda s: cell_progress(os.path.join(out, "cells", s[2]))["hours"]
+        )
     for ds, cfg, name in specs:
         cell_dir, elapsed = os.path.join(out, "cells", name), time.perf_counter() - t0
         done = results.is_done(cell_dir)

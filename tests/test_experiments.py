@@ -540,6 +540,23 @@ def test_sigterm_stops_a_chain_of_runs_with_143_and_no_traceback(
         assert r.returncode == 0, r.stderr
 
 
+def test_time_sliced_cells_train_least_trained_first(tmp_path):
+    """With --cell_minutes each command starts with the cell that has trained
+    the fewest hours, so a later cell is not starved by restarts."""
+    none, add = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                        mechs=["none", "add"])  # fmt: skip
+    kw = dict(seeds=[0], epochs=3, patience=3, budget="smoke", cell_minutes=0)
+    reproduce.run_table("2", [none], str(tmp_path), **kw)  # none: one epoch
+    log = io.StringIO()
+    reproduce.run_table("2", [none, add], str(tmp_path), log=log, **kw)
+    order = [x.split("training ")[1].split("-")[2] for x in log.getvalue().splitlines()
+             if "] training " in x]  # fmt: skip
+    assert order == ["add", "none"]
+    rows = reproduce.progress(str(tmp_path), "2")[2:]  # the manifest's order
+    assert [r.split(" | ")[2] for r in rows] == ["none", "add"]
+    assert [r.split(" | ")[5] for r in rows] == ["2", "1"]
+
+
 def test_a_bad_report_patience_is_refused_before_the_manifest(tmp_path):
     entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
                                       mechs=["none"])  # fmt: skip
