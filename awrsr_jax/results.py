@@ -94,14 +94,20 @@ def folders(results_dirs) -> list:
     return os.fspath(results_dirs).split(",")
 
 
-def load_manifest(results_dir, table: str) -> tuple[dict, list]:
-    """A reproduce table's ``table<N>.json`` and its cells, loaded:
-    ``(info, [(entry, run or None)])`` (None: not finished), in a fixed order
+def manifest(results_dir, table: str) -> tuple[dict, list]:
+    """A reproduce table's ``table<N>.json`` and its entries in a fixed order
     (dataset, backbone, mechanism in registry order, layers, refinement
-    input), whichever command trained which."""
+    input), whichever command trained which; nothing of the cells is read."""
     info = files.read_json(os.path.join(results_dir, f"table{table}.json"))
+    return info, sorted(info["entries"], key=_entry_order)
+
+
+def load_manifest(results_dir, table: str) -> tuple[dict, list]:
+    """:func:`manifest` with its cells loaded: ``(info, [(entry, run or
+    None)])`` (None: not finished)."""
+    info, entries = manifest(results_dir, table)
     cells = []
-    for e in sorted(info["entries"], key=_entry_order):
+    for e in entries:
         d = os.path.join(results_dir, e["cell"])
         cells.append((e, read_run(d) if is_done(d) else None))
     return info, cells

@@ -467,7 +467,7 @@ def progress(results_dirs, table) -> list[str]:
     ``report_patience`` R, "at rule R" those that have waited R at some time)."""
     rows = []
     for d in results.folders(results_dirs):
-        for e, _ in results.load_manifest(d, table)[1]:
+        for e in results.manifest(d, table)[1]:
             p = cell_progress(os.path.join(d, e["cell"]))
             ms = [p["members"][m] for m in sorted(p["members"])]
             stops, cfg = "–", p["config"]
