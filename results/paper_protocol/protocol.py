@@ -14,12 +14,19 @@ python results/paper_protocol/protocol.py original STAGE2 MAX_LEN HIDDEN HEADS
     --tuned): the better of lr 1e-3 and lr 1e-4 at stage 3, where an lr
     1e-4 run cut by the 200 cap within 0.001 of lr 1e-3 counts as a tie
     resolved for lr 1e-3, the one that converged
+python results/paper_protocol/protocol.py sync-cells SRC DST
+    copies the finished cells of reproduce folder SRC (results.json
+    written, not ended by a time limit) to DST without their checkpoints,
+    where DST lacks them, and SRC's table2.json: a finished cell is
+    committed from runs/ and copied back into a fresh checkout's runs/,
+    where reproduce skips it
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 MARGIN = 0.001
@@ -74,6 +81,50 @@ def original(d, *cfg) -> dict:
     }
 
 
+def _finished(cell):
+    path = os.path.join(cell, "results.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return not json.load(f).get("stopped")
+
+
+def sync_cells(src, dst) -> list[str]:
+    """Copies each finished cell of ``src/cells`` that ``dst/cells`` lacks
+    (its files, not its checkpoint folders; ``results.json`` last, as the
+    runner writes it) and ``src/table2.json`` unless ``dst``'s lists more
+    cells; returns the cells copied."""
+    copied = []
+    cells = os.path.join(src, "cells")
+    for name in sorted(os.listdir(cells)) if os.path.isdir(cells) else []:
+        cell, out = os.path.join(cells, name), os.path.join(dst, "cells", name)
+        if not _finished(cell) or _finished(out):
+            continue
+        os.makedirs(out, exist_ok=True)
+        names = [n for n in os.listdir(cell) if os.path.isfile(os.path.join(cell, n))]
+        for n in sorted(n for n in names if n not in ("results.json", ".lock")):
+            shutil.copyfile(os.path.join(cell, n), os.path.join(out, n))
+        shutil.copyfile(
+            os.path.join(cell, "results.json"), os.path.join(out, "results.json")
+        )
+        copied.append(name)
+    manifest, target = (
+        os.path.join(src, "table2.json"),
+        os.path.join(dst, "table2.json"),
+    )
+    if os.path.exists(manifest) and _entries(manifest) >= _entries(target):
+        os.makedirs(dst, exist_ok=True)
+        shutil.copyfile(manifest, target)
+    return copied
+
+
+def _entries(manifest) -> int:
+    if not os.path.exists(manifest):
+        return -1
+    with open(manifest) as f:
+        return len(json.load(f)["entries"])
+
+
 def main(argv):
     cmd, d, *rest = argv
     if cmd == "field":
@@ -86,6 +137,9 @@ def main(argv):
             f.write(json.dumps(row) + "\n")
     elif cmd == "continue":
         return 0 if should_continue(d, *rest) else 1
+    elif cmd == "sync-cells":
+        for name in sync_cells(d, rest[0]):
+            print(f"{d} -> {rest[0]}: {name}")
     elif cmd == "original":
         print(json.dumps(original(d, *rest), indent=2, sort_keys=True))
     else:

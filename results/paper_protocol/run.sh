@@ -13,10 +13,10 @@
 # stage's results.jsonl, best.json and summary.* are copied to
 # results/paper_protocol/search/TAG-sasrec-stage{1,2}/ (to commit), and a
 # committed stage is copied back first, so a fresh checkout does not retrain
-# it (grid skips configs whose hash is in results.jsonl). CELL_MINUTES
-# (default 60) is each Table 2 cell's share per command; the table and its
-# cells go to runs/paper/reproduce/TAG/ (one folder per dataset, so two
-# datasets can run at once).
+# it (grid skips configs whose hash is in results.jsonl). Table 2's cells
+# train in runs/paper/reproduce/TAG/ (one folder per dataset, so two
+# datasets can run at once); finished ones are committed in
+# results/paper_protocol/table2/TAG/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 P=results/paper_protocol
@@ -78,7 +78,17 @@ cmp -s "$S2/original.json" "$P/search/$TAG-sasrec-stage2/original.json" ||
 
 # Table 2: every mechanism at Original's configuration, 5 seeds, cap 400
 # (patience 60 for convergence; --report_patience=20 also tabulates each seed
-# where the paper's patience 20 stops it: table2_patience20.md, same trainings)
-python -m experiments.reproduce --table=2 --datasets="$DATA" --backbones=sasrec --seeds=5 \
-  --tuned=$P/search/$TAG-sasrec-stage2/original.json --epochs=400 --patience=60 \
-  --report_patience=20 --out=runs/paper/reproduce/$TAG --cell_minutes="${CELL_MINUTES:-60}"
+# where the paper's patience 20 stops it: table2_patience20.md, same trainings),
+# one cell after another. A finished cell is copied (without checkpoints) to
+# $P/table2/TAG/ to commit, and a committed one back into runs/ first, so a
+# fresh checkout goes on with the first unfinished cell. CELL_MINUTES, when
+# set, ends each cell's training after that many minutes (the same command
+# continues it).
+T=$P/table2/$TAG R=runs/paper/reproduce/$TAG
+proto sync-cells "$T" "$R"
+for MECH in none simp value add; do
+  python -m experiments.reproduce --table=2 --datasets="$DATA" --backbones=sasrec --seeds=5 \
+    --tuned=$P/search/$TAG-sasrec-stage2/original.json --epochs=400 --patience=60 \
+    --report_patience=20 --mechs=$MECH --out="$R" ${CELL_MINUTES:+--cell_minutes=$CELL_MINUTES}
+  proto sync-cells "$R" "$T"
+done
