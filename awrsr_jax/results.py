@@ -5,6 +5,8 @@
   per-member values as lists whatever the member count.
 * A reproduce table's ``table<N>.json`` manifest lists its cells (workdirs);
   :func:`load_manifest` loads them in the paper's order.
+* :func:`merge_runs` writes runs of the same config with other seeds (say
+  one seed per run, trained one after another) as one run of all of them.
 * :class:`ResultTable` is a grid's JSON-lines table, one record per config
   hash, rewritten atomically after every update.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 
@@ -62,6 +65,89 @@ def read_run(workdir) -> dict:
     if ranks is not None and "rule" in results:
         out["rule_ranks"] = np.atleast_2d(read_ranks(workdir, "test_ranks_rule.npy"))
     return out
+
+
+def renumbered(history: list[dict], offset: int) -> list[dict]:
+    """``metrics.jsonl`` records with ``offset`` added to each ``member``."""
+    return [dict(r, member=r["member"] + offset) if "member" in r else r
+            for r in history]  # fmt: skip
+
+
+def seeds_of(run: dict) -> list:
+    """A run's (:func:`read_run`) seeds; one ``seed`` in runs from before ``seeds``."""
+    return run["config"].get("seeds", [run["config"]["config"].get("seed")])
+
+
+def _per_member(results: dict, n: int) -> dict:
+    """The per-member values of one run's ``results.json`` as lists."""
+    out = {k: as_list(results[k]) for k in ("valid", "test", "best_epoch")}
+    out["epochs_run"] = [results["epochs_run"]] * n  # the ensemble's epochs
+    if "rule" in results:
+        out["rule"] = {k: as_list(results["rule"][k])
+                       for k in ("best_epoch", "epochs_run", "valid", "test")}  # fmt: skip
+    return out
+
+
+def merged(runs: list[dict]) -> dict:
+    """Finished runs (:func:`read_run`) of one config with other seeds as one
+    run of all their members, in order: ``seeds`` in its config, per-member
+    lists of ``valid``, ``test``, ``best_epoch``, ``epochs_run`` (each
+    member's) and of the rule's values, the ranks stacked, ``train_seconds``
+    summed; the rest from the first run. Raises ``ValueError`` when seeds
+    repeat; whether the runs are of one config is the caller's check."""
+    seeds = [s for run in runs for s in seeds_of(run)]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds {seeds} repeat")
+    parts = [_per_member(run["results"], len(seeds_of(run))) for run in runs]
+    res = dict(runs[0]["results"], seeds=seeds)
+    for k in ("valid", "test", "best_epoch", "epochs_run"):
+        res[k] = [v for p in parts for v in p[k]]
+    res["train_seconds"] = sum(run["results"].get("train_seconds", 0) for run in runs)
+    out = dict(runs[0], results=res, config=dict(runs[0]["config"], seeds=seeds),
+               ranks=np.concatenate([run["ranks"] for run in runs]))  # fmt: skip
+    if "rule" in res:
+        res["rule"] = dict(res["rule"], **{
+            k: [v for p in parts for v in p["rule"][k]] for k in parts[0]["rule"]
+        })  # fmt: skip
+        out["rule_ranks"] = np.concatenate([run["rule_ranks"] for run in runs])
+    return out
+
+
+def merge_runs(workdirs, out) -> dict:
+    """Writes the finished runs ``workdirs`` (one config, dataset and sweep,
+    other seeds; say one seed each, trained one after another) to ``out`` as
+    one run of their members (:func:`merged`): ``config.json``,
+    ``results.json``, the ranks, ``metrics.jsonl`` with the members
+    renumbered, and the first run's ``attention.npz`` (member 0's, as a run
+    writes it); ``results.json`` last. Raises ``ValueError`` naming a run
+    that differs from the first, failed or was stopped. Returns the results."""
+    runs = [read_run(d) for d in workdirs]
+
+    def identity(run):  # what must agree; the data by its hash, not its path
+        skip = ("seeds", "code_version", "data_file")
+        return {k: v for k, v in run["config"].items() if k not in skip}
+
+    for run in runs:
+        if identity(run) != identity(runs[0]):
+            raise ValueError(f"{run['dir']}: another run than {runs[0]['dir']}")
+        if run["results"].get("status") != "ok" or run["results"].get("stopped"):
+            raise ValueError(f"{run['dir']}: not finished (failed or stopped)")
+    run = merged(runs)
+    os.makedirs(out, exist_ok=True)
+    files.write_json(os.path.join(out, "config.json"), run["config"])
+    history, offset = [], 0
+    for r in runs:
+        history += renumbered(read_metrics(r["dir"]), offset)
+        offset += len(seeds_of(r))
+    files.write_lines(os.path.join(out, "metrics.jsonl"), history)
+    files.save_npy(os.path.join(out, "test_ranks.npy"), run["ranks"])
+    if "rule_ranks" in run:
+        files.save_npy(os.path.join(out, "test_ranks_rule.npy"), run["rule_ranks"])
+    attention = os.path.join(runs[0]["dir"], "attention.npz")
+    if os.path.exists(attention):
+        shutil.copyfile(attention, os.path.join(out, "attention.npz"))
+    files.write_json(os.path.join(out, "results.json"), run["results"])
+    return run["results"]
 
 
 def rule_view(run: dict | None) -> dict | None:

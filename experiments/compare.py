@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 
 from awrsr_jax import files, results, stats
-from awrsr_jax.results import as_list
+from awrsr_jax.results import as_list, merged, seeds_of
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("baseline", "", "label of the run the others are tested against")
@@ -76,10 +76,6 @@ def _ended(run: dict) -> str:
     return "early stopping" if res["epochs_run"] < epochs else "epoch cap"
 
 
-def _seeds(run: dict) -> list:
-    return run["config"].get("seeds", [run["config"]["config"].get("seed")])
-
-
 def merge_seeds(runs: list[dict]) -> dict:
     """One row of runs that share a label: their seeds, concatenated."""
     first, label = runs[0], runs[0]["label"]
@@ -93,26 +89,19 @@ def merge_seeds(runs: list[dict]) -> dict:
                 f"{first['dir']} and {r['dir']} share a label ({label}) but differ "
                 f"in {', '.join(diff)}; name them LABEL=DIR"
             )
-    seeds = [s for r in runs for s in _seeds(r)]
-    if len(set(seeds)) < len(seeds):
-        raise SystemExit(f"runs that share a label ({label}) repeat seeds {seeds}")
+    try:
+        m = merged(runs)
+    except ValueError as e:
+        raise SystemExit(f"runs that share a label ({label}): {e}") from None
     res = [r["results"] for r in runs]
-
-    def cat(key):
-        return [x for r in res for x in as_list(r[key])]
-
     results = dict(
-        test=cat("test"),
-        valid=cat("valid"),
-        best_epoch=cat("best_epoch"),
+        {k: m["results"][k] for k in ("test", "valid", "best_epoch")},
         epochs_run=", ".join(str(r["epochs_run"]) for r in res),
         seconds_per_epoch=sum(r["seconds_per_epoch"] for r in res) / len(res),
     )
     ended = ", ".join(dict.fromkeys(_ended(r) for r in runs))
-    ranks = np.concatenate([np.atleast_2d(r["ranks"]) for r in runs])
-    return dict(first, dir="+".join(r["dir"] for r in runs), results=results,
-                ranks=ranks, ended=ended,
-                config=dict(first["config"], seeds=seeds))  # fmt: skip
+    return dict(m, dir="+".join(r["dir"] for r in runs), results=results,
+                ended=ended)  # fmt: skip
 
 
 def _pm(values) -> str:
@@ -167,12 +156,12 @@ def table(runs: list[dict], baseline: str, metrics, paired: str) -> str:
 
 def _seed_p(run: dict, base: dict, metric: str) -> str:
     """The seed-level paired p over the seeds both runs have ('–' under 2)."""
-    shared = [s for s in _seeds(run) if s in _seeds(base)]
+    shared = [s for s in seeds_of(run) if s in seeds_of(base)]
     if len(shared) < 2:
         return "–"
 
     def values(r):
-        by_seed = dict(zip(_seeds(r), stats.per_seed(r["ranks"], metric)))
+        by_seed = dict(zip(seeds_of(r), stats.per_seed(r["ranks"], metric)))
         return [by_seed[s] for s in shared]
 
     return f"{stats.seed_paired_test(values(run), values(base)).p:.2g}"

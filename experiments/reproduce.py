@@ -14,7 +14,12 @@ experiment path (:func:`awrsr_jax.runner.run`), ``<out>/cells/<name>-<hash>/``:
 (``int[K, U]``), ``attention.npz`` (A, B of each layer, one user, seed 0) and,
 last, ``results.json``; ``experiments.compare`` reads it like any run. Finished
 cells are skipped, and cells ended by ``--cell_minutes`` go on from their
-checkpoint (a killed command resumes; tables share cells).
+checkpoint (a killed command resumes; tables share cells). With
+``--seed_runs`` a cell trains each seed as its own run, one after another,
+in ``<cell>/seed-<s>/``, and writes the cell from them once all have
+finished (:func:`awrsr_jax.results.merge_runs`; members train independently,
+so seed s's run is member s of the ensemble, up to rounding): a finished
+seed can be kept when the checkpoints of the others are lost.
 ``<out>/table<N>.json`` lists the cells, merged across commands;
 ``--from_results`` rebuilds ``table<N>.md`` / ``_summary.json`` from it without
 training (scipy is needed only there, so render on a CPU if the GPU lacks it).
@@ -163,7 +168,7 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
 
 def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
               report_patience=0, budget="gpu", command="", max_minutes=None,
-              cell_minutes=None, log=sys.stderr) -> str:  # fmt: skip
+              cell_minutes=None, seed_runs=False, log=sys.stderr) -> str:  # fmt: skip
     """Trains every unfinished cell of ``entries`` (each an ordinary workdir
     under ``<out>/cells/``, through :func:`awrsr_jax.runner.run`). The
     manifest is written first, so a table can be rendered from whatever
@@ -171,7 +176,8 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
     ``max_minutes``; a cell's training ends after ``cell_minutes`` (the same
     command continues it), and then the cells train in order of the hours
     they have trained so far, least first, so that repeated commands share
-    the time out. A diverged cell is recorded as failed."""
+    the time out. A diverged cell is recorded as failed. ``seed_runs``:
+    a cell not yet started trains its seeds one by one (:func:`train_seeds`)."""
     loaded, specs = {}, []
     for ds, cfg in entries:
         cfg = validate(cfg.replace(epochs=epochs, patience=patience,
@@ -191,27 +197,65 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
         )
     for ds, cfg, name in specs:
         cell_dir, elapsed = os.path.join(out, "cells", name), time.perf_counter() - t0
-        done = results.is_done(cell_dir)
-        if done and not files.read_json(os.path.join(cell_dir, "results.json")).get(
-            "stopped"
-        ):
+        if _finished(cell_dir):
             continue
         if max_minutes is not None and elapsed > 60 * max_minutes:
             print(f"[{elapsed:5.0f} s] time limit: not starting {name}", file=log)
             continue
         print(f"[{elapsed:5.0f} s] training {name}", file=log)
-        if not os.path.exists(cell_dir):  # a raised cap or patience goes on
+        split = seed_runs and not os.path.exists(os.path.join(cell_dir, "config.json"))
+        if not split and not os.path.exists(cell_dir):  # a raised cap goes on
             prefix = name.rsplit("-", 1)[0]
             runner.continue_from(
                 glob.glob(os.path.join(out, "cells", f"{prefix}-*")),
                 runner.run_identity(cfg, loaded[ds], seeds, None), cell_dir, log,
             )  # fmt: skip
         try:
-            runner.run(cfg, workdir=cell_dir, data=loaded[ds], seeds=seeds,
-                       options=options)  # fmt: skip
+            if split:
+                train_seeds(cfg, loaded[ds], seeds, cell_dir, options)
+            else:
+                runner.run(cfg, workdir=cell_dir, data=loaded[ds], seeds=seeds,
+                           options=options)  # fmt: skip
         except FloatingPointError as e:  # recorded in results.json; table goes on
             print(f"  diverged: {e}", file=log)
     return path
+
+
+def seed_dirs(cell_dir, seeds=None) -> list[str]:
+    """The per-seed runs of a cell: ``<cell>/seed-<s>/`` for ``seeds``, or
+    those that exist, in seed order."""
+    if seeds is None:
+        found = glob.glob(os.path.join(cell_dir, "seed-*"))
+        seeds = sorted(int(os.path.basename(d)[5:]) for d in found)
+    return [os.path.join(cell_dir, f"seed-{s}") for s in seeds]
+
+
+def _finished(workdir) -> bool:
+    return results.is_done(workdir) and not files.read_json(
+        os.path.join(workdir, "results.json")
+    ).get("stopped")
+
+
+def train_seeds(cfg, data, seeds, cell_dir, options) -> None:
+    """Trains each seed of a cell as its own run (``<cell>/seed-<s>/``), one
+    after another, then writes the cell from them
+    (:func:`awrsr_jax.results.merge_runs`). A seed ended by a time limit
+    leaves the cell unfinished (the same call goes on); a diverged seed
+    fails the cell."""
+    dirs = seed_dirs(cell_dir, seeds)
+    for s, d in zip(seeds, dirs):
+        if not _finished(d):
+            print(f"  seed {s}", file=options.log)
+            try:
+                runner.run(cfg, workdir=d, data=data, seeds=[s], options=options)
+            except FloatingPointError as e:
+                files.write_json(os.path.join(cell_dir, "results.json"),
+                                 {"status": "failed", "error": f"seed {s}: {e}",
+                                  "seeds": list(seeds)})  # fmt: skip
+                raise
+            if not _finished(d):
+                return
+    results.merge_runs(dirs, cell_dir)
 
 
 # ---------------------------------------------------------------- rendering
@@ -442,21 +486,29 @@ def cell_progress(cell_dir) -> dict:
     """Where one cell stands, from its files alone (nothing is trained):
     ``state`` ("not started", "unfinished": training, paused or ended by a
     time limit, "done" or "failed"), ``config`` (config.json's, or None),
-    ``members`` (:func:`awrsr_jax.runner.member_progress`) and ``hours``
+    ``members`` (:func:`awrsr_jax.runner.member_progress`; a cell trained
+    seed by seed counts its seed runs' members in seed order) and ``hours``
     trained (each epoch's training plus validation seconds, as logged)."""
-    if not os.path.exists(os.path.join(cell_dir, "config.json")):
+    whole = os.path.exists(os.path.join(cell_dir, "config.json"))
+    parts = [cell_dir] if whole else seed_dirs(cell_dir)
+    parts = [p for p in parts if os.path.exists(os.path.join(p, "config.json"))]
+    if not parts:
         return dict(state="not started", config=None, members={}, hours=0.0)
-    config = files.read_json(os.path.join(cell_dir, "config.json"))["config"]
-    history = runner.workdir_history(cell_dir) or []
+    config = files.read_json(os.path.join(parts[0], "config.json"))["config"]
+    history, hours = [], 0.0
+    for p in parts:
+        part = runner.workdir_history(p) or []
+        history += results.renumbered(part, len({r["member"] for r in history}))
+        per_epoch = {r["epoch"]: r.get("seconds", 0) + r.get("eval_seconds", 0)
+                     for r in part if "epoch" in r}  # fmt: skip
+        hours += sum(per_epoch.values()) / 3600
     state = "unfinished"
     if results.is_done(cell_dir):
         res = files.read_json(os.path.join(cell_dir, "results.json"))
         if not res.get("stopped"):
             state = "done" if res["status"] == "ok" else "failed"
-    per_epoch = {r["epoch"]: r.get("seconds", 0) + r.get("eval_seconds", 0)
-                 for r in history if "epoch" in r}  # fmt: skip
     return dict(state=state, config=config, members=runner.member_progress(history),
-                hours=sum(per_epoch.values()) / 3600)  # fmt: skip
+                hours=hours)  # fmt: skip
 
 
 def progress(results_dirs, table) -> list[str]:
@@ -545,6 +597,10 @@ def define_flags():
                       "print where each cell of --from_results (or --out) "
                       "stands, from its files, and exit: nothing is trained")  # fmt: skip
     flags.DEFINE_float("max_minutes", None, "start no new cell after this many minutes")
+    flags.DEFINE_bool("seed_runs", False,
+                      "train each seed of a cell as its own run, one after "
+                      "another (<cell>/seed-<s>/), and write the cell once all "
+                      "have finished: a finished seed outlives lost checkpoints")  # fmt: skip
     flags.DEFINE_float("cell_minutes", None,
                        "end a cell's training after this many minutes (default: "
                        "the budget's; its row is marked)")  # fmt: skip
@@ -579,7 +635,7 @@ def main(argv):
                       epochs=f.epochs or b["epochs"], patience=f.patience or b["patience"],
                       eval_every=f.eval_every, report_patience=f.report_patience,
                       budget=f.budget, command=command,
-                      max_minutes=f.max_minutes,
+                      max_minutes=f.max_minutes, seed_runs=f.seed_runs,
                       cell_minutes=b["cell_minutes"] if f.cell_minutes is None
                       else f.cell_minutes)  # fmt: skip
         try:

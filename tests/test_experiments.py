@@ -557,6 +557,55 @@ def test_time_sliced_cells_train_least_trained_first(tmp_path):
     assert [r.split(" | ")[5] for r in rows] == ["2", "1"]
 
 
+def test_seed_runs_write_the_cell_the_ensemble_writes(tmp_path):
+    """--seed_runs trains each seed alone, then writes the cell from them:
+    the ensemble's members (to rounding), ranks, rule and curves. A time
+    limit leaves the cell unfinished, a finished seed is not retrained."""
+    from awrsr_jax import results
+
+    (none,) = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                      mechs=["none"])  # fmt: skip
+    kw = dict(seeds=[0, 1], epochs=3, patience=3, report_patience=1, budget="smoke")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    reproduce.run_table("2", [none], str(whole), **kw)
+    reproduce.run_table("2", [none], str(split), seed_runs=True, cell_minutes=0, **kw)
+    (cell,) = (split / "cells").iterdir()
+    assert sorted(p.name for p in cell.iterdir()) == ["seed-0"]
+    (row,) = reproduce.progress(str(split), "2")[2:]
+    assert row.startswith("| smoke | sasrec | none | 1 | unfinished | 1 | ")
+    reproduce.run_table("2", [none], str(split), seed_runs=True, **kw)  # goes on
+    (a,), (b,) = (list((d / "cells").iterdir()) for d in (whole, split))
+    a, b = results.read_run(a), results.read_run(b)
+    assert b["config"]["seeds"] == [0, 1] and b["results"]["status"] == "ok"
+    assert b["results"]["epochs_run"] == [3, 3] and a["results"]["epochs_run"] == 3
+    assert b["results"]["best_epoch"] == a["results"]["best_epoch"]
+    for k in ("best_epoch", "epochs_run", "patience"):
+        assert b["results"]["rule"][k] == a["results"]["rule"][k]
+    for x, y in zip(a["results"]["test"], b["results"]["test"], strict=True):
+        assert x == pytest.approx(y, abs=1e-6)
+    np.testing.assert_array_equal(a["ranks"], b["ranks"])
+    np.testing.assert_array_equal(a["rule_ranks"], b["rule_ranks"])
+    curves = [(r["member"], r["epoch"]) for r in results.read_metrics(b["dir"])]
+    assert curves == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    (row,) = reproduce.progress(str(split), "2")[2:]
+    assert row.startswith("| smoke | sasrec | none | 1 | done | 3 | ")
+    assert "## smoke / sasrec" in open(reproduce.render(split, "2", split)[0]).read()
+
+    other = tmp_path / "other"  # another config is refused, naming the run
+    (other / "seed-1").mkdir(parents=True)
+    for f in (cell / "seed-1").iterdir():
+        if f.is_file():
+            (other / "seed-1" / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((other / "seed-1" / "config.json").read_text())
+    cfg["config"]["lr"] *= 2
+    (other / "seed-1" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="seed-1: another run than"):
+        results.merge_runs([cell / "seed-0", other / "seed-1"], tmp_path / "m")
+    with pytest.raises(ValueError, match="repeat"):
+        results.merge_runs([cell / "seed-0", cell / "seed-0"], tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_bad_report_patience_is_refused_before_the_manifest(tmp_path):
     entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
                                       mechs=["none"])  # fmt: skip

@@ -83,16 +83,18 @@ def test_seed_stage2_copies_stage1_best_row(tmp_path):
     assert got == [rows[1]]
 
 
-def _cell(root, name, results=None, ckpt=True):
-    cell = root / "cells" / name
+def _run(cell, results=None):
     (cell / "checkpoints" / "7").mkdir(parents=True)
-    (cell / "config.json").write_text(json.dumps({"config": {"mech": name}}))
+    (cell / "config.json").write_text(json.dumps({"config": {"mech": cell.name}}))
     (cell / "metrics.jsonl").write_text('{"epoch": 0}\n')
     (cell / ".lock").write_text("123")
     if results is not None:
         (cell / "results.json").write_text(json.dumps(results))
         (cell / "test_ranks.npy").write_bytes(b"ranks")
-    return cell
+
+
+def _cell(root, name, results=None):
+    _run(root / "cells" / name, results)
 
 
 def _manifest(root, names):
@@ -105,20 +107,24 @@ def test_sync_cells_copies_finished_cells_without_checkpoints(tmp_path):
     _cell(runs, "none", {"status": "ok"})
     _cell(runs, "simp", {"status": "ok", "stopped": True})  # a time limit ended it
     _cell(runs, "value")  # training
-    _manifest(runs, ["none", "simp", "value"])
-    assert protocol.sync_cells(str(runs), str(kept)) == ["none"]
-    assert sorted(p.name for p in (kept / "cells").iterdir()) == ["none"]
+    _run(runs / "cells" / "add" / "seed-0", {"status": "ok"})  # seed by seed
+    _run(runs / "cells" / "add" / "seed-1")  # training
+    _manifest(runs, ["none", "simp", "value", "add"])
+    assert protocol.sync_cells(str(runs), str(kept)) == ["add/seed-0", "none"]
+    assert sorted(p.name for p in (kept / "cells").iterdir()) == ["add", "none"]
+    assert [p.name for p in (kept / "cells" / "add").iterdir()] == ["seed-0"]
     got = sorted(p.name for p in (kept / "cells" / "none").iterdir())
     assert got == ["config.json", "metrics.jsonl", "results.json", "test_ranks.npy"]
-    assert len(json.loads((kept / "table2.json").read_text())["entries"]) == 3
+    assert len(json.loads((kept / "table2.json").read_text())["entries"]) == 4
     assert protocol.sync_cells(str(runs), str(kept)) == []  # already there
 
     fresh = tmp_path / "fresh"  # a new checkout: committed cells back into runs/
     fresh.mkdir()
-    _manifest(fresh, ["none", "simp", "value", "add"])
+    _manifest(fresh, ["none", "simp", "value", "add", "x"])
     assert protocol.main(["sync-cells", str(kept), str(fresh)]) == 0
     assert json.loads((fresh / "cells" / "none" / "results.json").read_text()) == {
         "status": "ok"
     }
     # the longer manifest stays
-    assert len(json.loads((fresh / "table2.json").read_text())["entries"]) == 4
+    assert len(json.loads((fresh / "table2.json").read_text())["entries"]) == 5
+    assert (fresh / "cells" / "add" / "seed-0" / "results.json").exists()

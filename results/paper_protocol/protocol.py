@@ -16,10 +16,11 @@ python results/paper_protocol/protocol.py original STAGE2 MAX_LEN HIDDEN HEADS
     resolved for lr 1e-3, the one that converged
 python results/paper_protocol/protocol.py sync-cells SRC DST
     copies the finished cells of reproduce folder SRC (results.json
-    written, not ended by a time limit) to DST without their checkpoints,
-    where DST lacks them, and SRC's table2.json: a finished cell is
-    committed from runs/ and copied back into a fresh checkout's runs/,
-    where reproduce skips it
+    written, not ended by a time limit), and the finished seed runs of a
+    cell trained seed by seed, to DST without their checkpoints, where DST
+    lacks them, and SRC's table2.json: what finished is committed from
+    runs/ and copied back into a fresh checkout's runs/, where reproduce
+    skips it
 """
 
 from __future__ import annotations
@@ -89,25 +90,36 @@ def _finished(cell):
         return not json.load(f).get("stopped")
 
 
+def _copy_run(src, dst):
+    """A run's files without its checkpoint folders; ``results.json`` last,
+    as the runner writes it."""
+    os.makedirs(dst, exist_ok=True)
+    names = [n for n in os.listdir(src) if os.path.isfile(os.path.join(src, n))]
+    for n in sorted(n for n in names if n not in ("results.json", ".lock")):
+        shutil.copyfile(os.path.join(src, n), os.path.join(dst, n))
+    shutil.copyfile(
+        os.path.join(src, "results.json"), os.path.join(dst, "results.json")
+    )
+
+
 def sync_cells(src, dst) -> list[str]:
-    """Copies each finished cell of ``src/cells`` that ``dst/cells`` lacks
-    (its files, not its checkpoint folders; ``results.json`` last, as the
-    runner writes it) and ``src/table2.json`` unless ``dst``'s lists more
-    cells; returns the cells copied."""
+    """Copies each finished cell of ``src/cells`` that ``dst/cells`` lacks,
+    and of an unfinished cell trained seed by seed (``reproduce
+    --seed_runs``) its finished ``seed-<s>`` runs, and ``src/table2.json``
+    unless ``dst``'s lists more cells; returns what was copied."""
     copied = []
     cells = os.path.join(src, "cells")
     for name in sorted(os.listdir(cells)) if os.path.isdir(cells) else []:
-        cell, out = os.path.join(cells, name), os.path.join(dst, "cells", name)
-        if not _finished(cell) or _finished(out):
-            continue
-        os.makedirs(out, exist_ok=True)
-        names = [n for n in os.listdir(cell) if os.path.isfile(os.path.join(cell, n))]
-        for n in sorted(n for n in names if n not in ("results.json", ".lock")):
-            shutil.copyfile(os.path.join(cell, n), os.path.join(out, n))
-        shutil.copyfile(
-            os.path.join(cell, "results.json"), os.path.join(out, "results.json")
-        )
-        copied.append(name)
+        cell = os.path.join(cells, name)
+        runs = [name] if _finished(cell) else [
+            os.path.join(name, s) for s in sorted(os.listdir(cell))
+            if s.startswith("seed-") and _finished(os.path.join(cell, s))
+        ]  # fmt: skip
+        for run in runs:
+            out = os.path.join(dst, "cells", run)
+            if not _finished(out):
+                _copy_run(os.path.join(cells, run), out)
+                copied.append(run)
     manifest, target = (
         os.path.join(src, "table2.json"),
         os.path.join(dst, "table2.json"),

@@ -79,16 +79,17 @@ cmp -s "$S2/original.json" "$P/search/$TAG-sasrec-stage2/original.json" ||
 # Table 2: every mechanism at Original's configuration, 5 seeds, cap 400
 # (patience 60 for convergence; --report_patience=20 also tabulates each seed
 # where the paper's patience 20 stops it: table2_patience20.md, same trainings),
-# one cell after another. A finished cell is copied (without checkpoints) to
-# $P/table2/TAG/ to commit, and a committed one back into runs/ first, so a
-# fresh checkout goes on with the first unfinished cell. CELL_MINUTES, when
-# set, ends each cell's training after that many minutes (the same command
-# continues it).
+# one cell after another, and in a cell one seed after another (--seed_runs;
+# a cell whose 5-seed ensemble had started goes on as one). A finished cell
+# or seed is copied (without checkpoints) to $P/table2/TAG/ to commit, and a
+# committed one back into runs/ first, so a fresh checkout goes on with the
+# first unfinished seed. CELL_MINUTES, when set, ends each run's training
+# after that many minutes (the same command continues it).
 T=$P/table2/$TAG R=runs/paper/reproduce/$TAG
 proto sync-cells "$T" "$R"
 for MECH in none simp value add; do
   python -m experiments.reproduce --table=2 --datasets="$DATA" --backbones=sasrec --seeds=5 \
     --tuned=$P/search/$TAG-sasrec-stage2/original.json --epochs=400 --patience=60 \
-    --report_patience=20 --mechs=$MECH --out="$R" ${CELL_MINUTES:+--cell_minutes=$CELL_MINUTES}
+    --report_patience=20 --mechs=$MECH --seed_runs --out="$R" ${CELL_MINUTES:+--cell_minutes=$CELL_MINUTES}
   proto sync-cells "$R" "$T"
 done
