@@ -224,6 +224,46 @@ def test_restoring_into_a_different_model_names_the_key(ref, change, needle):
         final_state(ref, CFG.replace(**change))
 
 
+@pytest.mark.parametrize(
+    "backbone, needle, config_change",
+    [
+        (
+            "stosa",
+            r"block0/dense_mu/bias: missing from the checkpoint",
+            r"\(backbone: 'sasrec' -> 'stosa'\)",
+        ),
+        (
+            "bert4rec",
+            r"block0/ffn1/bias: checkpoint has \(1, 8\) float32, "
+            r"model expects \(1, 32\) float32",
+            r"\(backbone: 'sasrec' -> 'bert4rec';",
+        ),
+    ],
+)
+def test_restoring_into_another_backbone_names_the_key(
+    ref, tmp_path, backbone, needle, config_change
+):
+    """A sasrec checkpoint restored into a stosa or bert4rec template names a
+    mismatched key (stosa: its Gaussian layers are missing; bert4rec: its
+    4x-wide feed-forward has another shape), at the store and through the
+    runner when only the checkpoints are in the workdir (which quarantines
+    none of them); with the workdir's config.json the runner refuses first,
+    naming the backbone change."""
+    other = CFG.replace(backbone=backbone)
+    with pytest.raises(checkpoint.CheckpointError, match=needle):
+        final_state(ref, other)
+    bare = tmp_path / "bare"
+    shutil.copytree(os.path.join(ref, "checkpoints"), bare / "checkpoints")
+    steps = sorted(os.listdir(bare / "checkpoints"))
+    with pytest.raises(checkpoint.CheckpointError, match=needle):
+        run(bare, other)
+    # Nothing quarantined, no config or result written.
+    assert sorted(os.listdir(bare / "checkpoints")) == steps
+    assert not {"config.json", "metrics.jsonl", "results.json"} & set(os.listdir(bare))
+    with pytest.raises(ValueError, match="different run " + config_change):
+        run(ref, other)
+
+
 def test_restoring_with_other_item_count_names_the_shape(ref):
     store = checkpoint.Store(os.path.join(ref, "checkpoints"), read_only=True)
     with pytest.raises(checkpoint.CheckpointError, match=r"item_emb.*\(1, 41, 8\)"):

@@ -54,6 +54,74 @@ def test_split_invariants_on_generated_data():
         assert test[u] == (s[:-1], s[-1])
 
 
+def _many_generated_datasets(count=20):
+    """``count`` seeded datasets of varied size and length (users of 1, 2 and
+    3+ items), with shuffled sparse user ids; every other one with repeated
+    items (ids folded onto a few), so positions, not values, must decide."""
+    for seed in range(count):
+        rng = np.random.default_rng(seed)
+        longest = int(rng.integers(4, 15))
+        seqs = generate(
+            num_users=int(rng.integers(10, 80)),
+            num_items=longest + 4 + int(rng.integers(0, 60)),
+            min_len=int(rng.integers(1, 4)),
+            max_len=longest,
+            seed=seed,
+        )
+        rows = list(seqs.values())
+        if seed % 2:
+            rows = [[1 + (i - 1) % 5 for i in s] for s in rows]
+        ids = 1 + rng.permutation(10**6)[: len(rows)]
+        yield {int(u): s for u, s in zip(ids, rows)}, int(rng.integers(2, 10))
+
+
+def test_leave_one_out_arrays_on_many_generated_datasets():
+    """Over 20 generated datasets, the split and every built array by position:
+    training rows hold only items before position len-2 (the last L+1 of them,
+    left-padded) and their negatives' history exactly those items; valid =
+    (item[:-2], item[-2]), test = (item[:-1], item[-1]) with the last L inputs
+    left-padded; users with fewer than 3 items train on everything and are in
+    no valid/test array, order or bucket count (the denominators)."""
+
+    def pad(items, width):
+        items = items[-width:]
+        return [0] * (width - len(items)) + list(items)
+
+    lengths = set()
+    for seqs, L in _many_generated_datasets():
+        train, valid, test = leave_one_out(seqs)
+        data, users = build(seqs, max_len=L)
+        arr = {k: np.asarray(v) for k, v in vars(data).items() if hasattr(v, "shape")}
+        eligible = [u for u, s in seqs.items() if len(s) >= 3]
+        short = [u for u, s in seqs.items() if len(s) < 3]
+        assert users.tolist() == eligible and set(valid) == set(test) == set(eligible)
+        assert data.num_eval == len(eligible) == len(arr["test_tgt"])
+        for split in ("valid", "test"):
+            assert sorted(arr[f"{split}_order"]) == list(range(len(eligible)))
+            assert sum(getattr(data, f"{split}_counts")) == len(eligible)
+        parts = [s[:-2] if len(s) >= 3 else s for s in seqs.values()]
+        assert list(train.values()) == parts
+        parts = [p for p in parts if len(p) >= 2]  # one item: no target, no row
+        assert arr["train_seq"].tolist() == [pad(p, L + 1) for p in parts]
+        flat = arr["hist_flat"]
+        bounds = zip(arr["hist_start"], arr["hist_end"])
+        assert [flat[a:b].tolist() for a, b in bounds] == [
+            sorted(set(p)) for p in parts
+        ]
+        h = arr["eval_hist"].shape[1]
+        for r, u in enumerate(eligible):
+            s = seqs[u]
+            assert valid[u] == (s[:-2], s[-2]) and test[u] == (s[:-1], s[-1])
+            assert arr["valid_tgt"][r] == s[-2] and arr["test_tgt"][r] == s[-1]
+            assert arr["valid_inp"][r].tolist() == pad(s[:-2], L)
+            assert arr["test_inp"][r].tolist() == pad(s[:-1], L)
+            assert arr["eval_hist"][r].tolist() == pad(s[:-1], h)
+        for u in short:
+            assert train[u] == seqs[u] and u not in valid and u not in test
+        lengths |= {len(s) for s in seqs.values()}
+    assert {1, 2, 3} <= lengths  # users of every kind were exercised
+
+
 def test_both_layouts_read_the_same(tmp_path):
     a, b = tmp_path / "lines.txt", tmp_path / "pairs.txt"
     write_sequences(a, SEQS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from awrsr_jax import evaluate, train
 from awrsr_jax.data import build, generate
-from tests.conftest import tiny_config
+from tests.conftest import run_tiny, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,46 @@ def test_sampled100_ranks_are_within_101(tiny_data):
     )
     assert ranks.shape == (tiny_data.num_eval,)
     assert ranks.min() >= 1 and ranks.max() <= 101
+
+
+def test_full_ranking_is_the_default_and_sampled_results_are_labelled(
+    tmp_path, monkeypatch
+):
+    """Full ranking is the default (Config's, so the --protocol flag's too);
+    another protocol is refused naming the flag; the runner hands the protocol
+    to ``train.fit`` (a stand-in here) and its results.json and config.json
+    say which: "full ranking over all 30 items" by default, "100 sampled
+    negatives" under protocol=sampled100, never the other."""
+    from awrsr_jax import analysis, checkpoint, config
+
+    assert config.Config().protocol == "full" == config.PROTOCOLS[0]
+    with pytest.raises(ValueError, match="--protocol"):
+        config.validate(config.Config(protocol="sampled50"))
+    seen = []
+
+    def fake_fit(cfg, data, *, seeds=None, **_):
+        seen.append(cfg.protocol)
+        vals = [{"NDCG@5": 0.5}]
+        return train.FitResult(
+            best_epoch=[0], epochs_run=1, valid=vals, test=vals,
+            test_ranks=np.ones((1, data.num_eval), np.int32), best_params=None,
+            seconds_per_epoch=0.1,
+        )  # fmt: skip
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    monkeypatch.setattr(checkpoint.Store, "save", lambda *a: None)
+    monkeypatch.setattr(analysis, "count_params", lambda *a: {"params": 1})
+    out = {}
+    for name, kw in [("default", {}), ("sampled100", {"protocol": "sampled100"})]:
+        run_tiny(tmp_path / name, tiny_config(**kw))
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        cfg = json.loads((tmp_path / name / "config.json").read_text())["config"]
+        out[name] = (res["protocol"], cfg["protocol"])
+    assert seen == ["full", "sampled100"]
+    (full, full_cfg), (sampled, sampled_cfg) = out["default"], out["sampled100"]
+    assert full_cfg == "full" and sampled_cfg == "sampled100"
+    assert "full ranking over all 30 items" in full and "sampled" not in full
+    assert "100 sampled negatives" in sampled and "full ranking" not in sampled
 
 
 @pytest.mark.slow

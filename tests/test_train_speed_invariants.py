@@ -96,6 +96,57 @@ def test_epoch_negatives_avoid_each_users_training_history(tiny_data):
         assert draws[u].min() >= 1 and draws[u].max() <= 30
 
 
+def test_every_training_sequence_is_seen_once_per_epoch(tiny_data, monkeypatch):
+    """Through :func:`train.train_epoch`, its ``_batches`` and loss spied on
+    (the loss a constant, so no model compiles): each epoch's real batch slots
+    are a permutation of the training rows and the last batch's padding slots
+    are row 0 marked unreal; the loss receives every row's next-item targets
+    exactly once and nothing from the padding slots; the same (seed, epoch)
+    repeats its order, another epoch or another seed gives another order."""
+    from awrsr_jax.train import epoch
+
+    orders, targets = [], []
+    batches = epoch._batches
+
+    def spy_batches(k_epoch, u, bsz):
+        steps, idx, real = batches(k_epoch, u, bsz)
+        jax.debug.callback(lambda i, r: orders.append((i, r)), idx, real)
+        return steps, idx, real
+
+    def constant_loss(params, cfg, num_items, hp, seq, pos, neg, key):
+        jax.debug.callback(lambda p: targets.extend(np.asarray(p).tolist()), pos)
+        zero = sum(jnp.sum(p) for p in jax.tree.leaves(params)) * 0.0
+        return zero, zero
+
+    monkeypatch.setattr(epoch, "_batches", spy_batches)
+    monkeypatch.setattr(epoch, "loss_fn", constant_loss)
+    cfg = tiny_config(layers=1)  # batch_size 8
+    u = tiny_data.num_train
+    assert u % cfg.batch_size  # the last batch is padded
+    rows = np.asarray(tiny_data.train_seq)
+    want = sorted((r[1:] * (r[:-1] > 0)).tolist() for r in rows)
+    hp = jax.tree.map(lambda x: x[0], train.hparams(cfg, 1))
+    fn = jax.jit(functools.partial(train.train_epoch, cfg))
+    states = {s: train.init_member(cfg, tiny_data.num_items, s) for s in (0, 1)}
+    seen = {}
+    for seed, ep in [(0, 0), (0, 1), (1, 0), (0, 0)]:
+        state = states[seed]
+        orders.clear()
+        targets.clear()
+        jax.block_until_ready(fn(state, hp, jnp.bool_(True), tiny_data, ep))
+        jax.effects_barrier()
+        ((idx, real),) = orders
+        assert idx.shape == real.shape == (-(-u // cfg.batch_size), cfg.batch_size)
+        assert sorted(idx[real].tolist()) == list(range(u))
+        assert not idx[~real].any() and real.sum() == u
+        got = [t for t in targets if any(t)]
+        assert sorted(got) == want
+        assert len(targets) - len(got) == idx.size - u  # padding slots only
+        seen.setdefault((seed, ep), idx[real].tolist())
+        assert seen[(seed, ep)] == idx[real].tolist()
+    assert seen[(0, 0)] != seen[(0, 1)] and seen[(0, 0)] != seen[(1, 0)]
+
+
 def test_hash_dropout_rate_scale_and_determinism():
     x = jnp.ones((400, 500))
     key = jax.random.PRNGKey(0)
