@@ -498,7 +498,8 @@ def cell_progress(cell_dir) -> dict:
     history, hours = [], 0.0
     for p in parts:
         part = runner.workdir_history(p) or []
-        history += results.renumbered(part, len({r["member"] for r in history}))
+        seen = {r["member"] for r in history if "member" in r}
+        history += results.renumbered(part, len(seen))
         per_epoch = {r["epoch"]: r.get("seconds", 0) + r.get("eval_seconds", 0)
                      for r in part if "epoch" in r}  # fmt: skip
         hours += sum(per_epoch.values()) / 3600
