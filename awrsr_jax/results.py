@@ -203,7 +203,8 @@ class ResultTable:
     """A JSON-lines file of records keyed by ``record["hash"]``.
 
     :meth:`add` replaces the whole file atomically, so readers see the table
-    before or after an update, never half of one. A line that does not parse
+    before or after an update, never half of one, and removes the temporary
+    files of writes killed before it. A line that does not parse
     raises (naming the line) rather than silently re-running configs.
     """
 
@@ -232,6 +233,10 @@ class ResultTable:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps(r, sort_keys=True) for r in self.records.values()]
         files.write_text(self.path, "".join(line + "\n" for line in lines))
+        # A writer killed mid-write leaves its temporary file (files.atomic_open);
+        # the table has one writer, so any other is stale once this one landed.
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def best_record(records, metric: str = "NDCG@5") -> dict | None:

@@ -253,25 +253,45 @@ def test_partial_checkpoints_are_never_trusted(ref, tmp_path):
     assert trusted == []
 
 
-DISK_FULL_CHILD = """
-import resource, signal, sys
+DISK_FULL_STATE = """
 import numpy as np, jax.numpy as jnp
-from awrsr_jax import checkpoint, train
-w = np.random.default_rng(0).random((1, 50_000), np.float32)  # incompressible
-big = {"params": {"w": jnp.asarray(w)}, "opt_state": {}, "key": jnp.zeros((1, 2), jnp.uint32)}
-loop = train.LoopState(1, big, big["params"], np.zeros(1), np.zeros(1, np.int64),
-                       np.zeros(1, np.int64), np.ones(1, bool), [0.1])
+from awrsr_jax import train
+def big_loop(epoch):
+    # Incompressible arrays whose every value depends on the step.
+    w = np.random.default_rng(epoch).random((1, 50_000), np.float32)
+    state = {"params": {"w": jnp.asarray(w)}, "opt_state": {},
+             "key": jnp.full((1, 2), epoch, jnp.uint32)}
+    return train.LoopState(epoch, state, {"w": jnp.asarray(w + 1)},
+                           np.full(1, 0.1 * epoch), np.full(1, epoch - 1, np.int64),
+                           np.zeros(1, np.int64), np.ones(1, bool), [0.5] * epoch)
+"""
+
+DISK_FULL_CHILD = (
+    DISK_FULL_STATE
+    + """
+import json, resource, signal, sys
+from awrsr_jax import checkpoint
 store = checkpoint.Store(sys.argv[1])
-store.save(loop, {"history": []})
+store.save(big_loop(1), {"history": ["epoch 1"]})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of a kill
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-loop.epoch = 2
-store.save(loop, {"history": []})
+try:
+    store.save(big_loop(2), {"history": ["epoch 2"]})
+except Exception as e:
+    mro = [c.__name__ for c in type(e).__mro__]
+    print(json.dumps({"types": mro, "message": str(e)}))
+    sys.exit(3)
 """
+)
 
 
 @pytest.mark.slow
 def test_disk_full_surfaces_and_the_previous_step_restores(tmp_path):
+    """A save that hits a full disk (RLIMIT_FSIZE in a child) raises the
+    file system's EFBIG from Store.save; the partial step is never listed and
+    the previous step restores with its own values, bit for bit."""
+    import errno
+    import json
     import subprocess
     import sys
 
@@ -283,11 +303,32 @@ def test_disk_full_surfaces_and_the_previous_step_restores(tmp_path):
         timeout=300,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
-    assert r.returncode != 0
-    assert "File too large" in r.stderr or "EFBIG" in r.stderr or "27" in r.stderr
+    assert r.returncode == 3, r.stderr[-3000:]  # 3: Store.save raised
+    err = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "ValueError" in err["types"], err  # tensorstore's error, not swallowed
+    efbig = f"{os.strerror(errno.EFBIG)} [os_error_code='{errno.EFBIG}']"
+    assert err["message"].endswith(efbig), err["message"]
+    assert f"{ck}/2.orbax-checkpoint-tmp/" in err["message"]  # the step being saved
+
+    ns: dict = {}
+    exec(DISK_FULL_STATE, ns)
+    want = ns["big_loop"](1)
     store = checkpoint.Store(str(ck))
-    assert store.steps() == [1]
-    store.close()
+    try:
+        assert store.steps() == [1]
+        loop, meta = store.restore(ns["big_loop"](2))  # a template: shapes only
+    finally:
+        store.close()
+    assert os.listdir(ck) == ["1"]  # the partial step 2 is gone
+    assert loop.epoch == 1 and loop.seconds == [0.5]
+    assert meta["history"] == ["epoch 1"] and meta["epoch"] == 1
+    got, ref = (
+        jax.tree.map(np.asarray, {k: getattr(x, k) for k in checkpoint.ARRAYS})
+        for x in (loop, want)
+    )
+    assert jax.tree.structure(got) == jax.tree.structure(ref)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize(
