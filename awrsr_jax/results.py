@@ -172,6 +172,12 @@ def _entry_order(e: dict) -> tuple:
     return e["dataset"], bb, rank, e["layers"], e["refine_input"]
 
 
+def entry_key(e: dict) -> tuple:
+    """What names a row of a reproduce table: dataset, backbone, mechanism,
+    layers and refinement input."""
+    return e["dataset"], e["backbone"], e["mech"], e["layers"], e["refine_input"]
+
+
 def folders(results_dirs) -> list:
     """One folder, a list of them, or a comma-separated string of them (one
     per dataset, say), as a list."""
@@ -197,6 +203,24 @@ def load_manifest(results_dir, table: str) -> tuple[dict, list]:
         d = os.path.join(results_dir, e["cell"])
         cells.append((e, read_run(d) if is_done(d) else None))
     return info, cells
+
+
+def load_manifests(results_dirs, table: str) -> list[tuple[str, dict, list]]:
+    """:func:`load_manifest` of one folder or several (:func:`folders`) as
+    ``[(folder, info, cells)]``; ValueError naming both folders when two
+    hold the same row (:func:`entry_key`), which would be drawn or tabulated
+    twice."""
+    out, seen = [], {}
+    for d in folders(results_dirs):
+        info, cells = load_manifest(d, table)
+        for e, _ in cells:
+            k = entry_key(e)
+            if k in seen:
+                raise ValueError(f"{' / '.join(map(str, k))}: a cell of both "
+                                 f"{seen[k]} and {d}; give one of them")  # fmt: skip
+            seen[k] = d
+        out.append((d, info, cells))
+    return out
 
 
 class ResultTable:

@@ -434,7 +434,8 @@ def _guard_results(
 
 def _device() -> dict:
     dev = jax.devices()[0]
-    return {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__}
+    return {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__,
+            "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
 
 
 def _failed(seeds, error: str) -> dict:

@@ -119,10 +119,10 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add",
 def _panels(results_dir) -> dict:
     """``{(dataset, backbone): [(entry, ranks), ...]}`` of the finished Table 2
     cells of one folder or several (each entry's ``cell`` its path); ValueError
-    if there are none."""
+    if there are none, or if two folders hold the same row."""
     panels = {}
-    for d in results.folders(results_dir):
-        for e, run in results.load_manifest(d, "2")[1]:
+    for d, _, cells in results.load_manifests(results_dir, "2"):
+        for e, run in cells:
             if run is not None and run["results"]["status"] == "ok":
                 key = (e["dataset"], e["backbone"])
                 e = dict(e, cell=os.path.join(d, e["cell"]))

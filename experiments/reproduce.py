@@ -142,10 +142,6 @@ def cell_name(dataset: str, cfg: Config, data_id: str, seeds) -> str:
     return f"{label}-{cfg.backbone}-{cfg.mech}-L{cfg.layers}-{cfg.refine_input}-{h}"
 
 
-def _entry_key(e) -> tuple:
-    return e["dataset"], e["backbone"], e["mech"], e["layers"], e["refine_input"]
-
-
 def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
     """``table<N>.json``: merged with an existing one, so commands that each
     train part of a table (say one dataset each) add up to the whole table."""
@@ -153,11 +149,11 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
     old = {"entries": [], "commands": []}
     if os.path.exists(path):
         old = files.read_json(path)
-    merged = {_entry_key(e): e for e in old["entries"]}
+    merged = {results.entry_key(e): e for e in old["entries"]}
     for ds, cfg, name in specs:
         e = dict(dataset=ds, backbone=cfg.backbone, mech=cfg.mech, layers=cfg.layers,
                  refine_input=cfg.refine_input, cell=f"cells/{name}")  # fmt: skip
-        merged[_entry_key(e)] = e
+        merged[results.entry_key(e)] = e
     commands = [c for c in old.get("commands", []) if c != command] + [command]
     info = dict(table=table, budget=budget, seeds=list(seeds), commands=commands,
                 entries=list(merged.values()))  # fmt: skip
@@ -323,7 +319,9 @@ def _delta(s, m="NDCG@5") -> str:
 
 def _header(title, info, rows) -> list[str]:
     done = [r for _, r, _ in rows if r is not None]
-    hw = sorted({f"{r['device']} ({r['platform']}, jax {r['jax']})" for r in done})
+    hw = sorted({f"{r['device']} ({r['platform']}, "
+                 + (f"{r['cpus']} CPU cores, " if "cpus" in r else "")
+                 + f"jax {r['jax']})" for r in done})  # fmt: skip
     cfg = done[0]["config"] if done else {}
     cut = [f"{e['dataset']} / {e['backbone']} / {e['mech']}, {e['layers']} layer(s), "
            f"{e['refine_input']} (seeds {cut_seeds(r)}, {max(_runs(r))} epochs)"
@@ -346,8 +344,10 @@ def _header(title, info, rows) -> list[str]:
         "",
         "Protocol: leave-one-out (valid = second-last item, test = last); full "
         "ranking over all items with the user's history removed, ties counted "
-        "against the model; each seed selected on validation NDCG@5 (patience "
-        f"{cfg.get('patience')}, at most {cfg.get('epochs')} epochs); test metrics "
+        "against the model; each seed selected on validation NDCG@5 ("
+        + (f"patience {cfg['patience']}, at most {cfg['epochs']} epochs" if cfg
+           else "patience and epoch cap: no cell has finished")  # fmt: skip
+        + "); test metrics "
         "at the best validation epoch. Values: mean ± sample sd over seeds. "
         "Against Original, paired by seed (seed s of every mechanism shares its "
         "data order and negatives): Δ% of the means, * p < 0.05 and ** p < 0.01 "
@@ -471,7 +471,9 @@ def load_tables(results_dirs, table) -> tuple[dict, list]:
     """:func:`awrsr_jax.results.load_manifest` of one folder, or of several
     (a list or a comma-separated string: say one per dataset) as one table:
     their cells in folder order and their commands together."""
-    loaded = [results.load_manifest(d, table) for d in results.folders(results_dirs)]
+    loaded = [
+        (info, cells) for _, info, cells in results.load_manifests(results_dirs, table)
+    ]
     infos = [info for info, _ in loaded]
     joined = {k: sorted({str(i.get(k)) for i in infos}) for k in ("budget", "seeds")}
     info = dict(

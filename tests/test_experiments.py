@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 import types
@@ -270,6 +271,16 @@ def test_render_table2_values(tmp_path):
     assert "| add | 2 | " in md and f"{seeds_add.mean():.4f} ± " in md
     assert f"{want:+.1f}%" in md and "[" in md.split("| add |")[1]
     assert "## toy / sasrec" in md and "Hardware: cpu (cpu, jax x)" in md
+    assert "(patience 20, at most 200 epochs)" in md
+
+
+def test_a_table_without_finished_cells_says_so(tmp_path):
+    write_fake_cells(tmp_path)
+    for cell in (tmp_path / "cells").iterdir():
+        (cell / "results.json").unlink()
+    md = open(reproduce.render(tmp_path, "2", tmp_path / "out")[0]).read()
+    assert "(patience and epoch cap: no cell has finished)" in md
+    assert "None" not in md and "Hardware: –." in md
 
 
 def test_a_cell_cut_while_improving_is_marked(tmp_path):
@@ -331,6 +342,13 @@ def test_several_result_folders_render_as_one_table(tmp_path):
     md = open(md_path).read()
     assert "## toy / sasrec" in md and "## toy2 / sasrec" in md
     assert "Commands: `cmd`; `cmd2` (budget `smoke`, seeds [0, 1])" in md
+    twice = f"{tmp_path / 'a'},{tmp_path / 'b'},{tmp_path / 'a'}"  # a row twice
+    for make in (lambda: reproduce.render(twice, "2", tmp_path / "x"),
+                 lambda: figures._panels(twice)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"toy / sasrec / none / 2 / scores: "
+                           r"a cell of both .*a and .*a; give one"):  # fmt: skip
+            make()
+    assert not (tmp_path / "x").exists()
 
 
 def test_status_reads_each_cell_without_training(tmp_path):
@@ -577,6 +595,7 @@ def test_seed_runs_write_the_cell_the_ensemble_writes(tmp_path):
     (a,), (b,) = (list((d / "cells").iterdir()) for d in (whole, split))
     a, b = results.read_run(a), results.read_run(b)
     assert b["config"]["seeds"] == [0, 1] and b["results"]["status"] == "ok"
+    assert b["results"]["cpus"] == len(os.sched_getaffinity(0))  # the hardware
     assert b["results"]["epochs_run"] == [3, 3] and a["results"]["epochs_run"] == 3
     assert b["results"]["best_epoch"] == a["results"]["best_epoch"]
     for k in ("best_epoch", "epochs_run", "patience"):
