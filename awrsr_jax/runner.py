@@ -434,8 +434,10 @@ def _guard_results(
 
 def _device() -> dict:
     dev = jax.devices()[0]
+    # the cores this process may use (macOS has no affinity: all of them)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__,
-            "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
+            "cpus": cpus or os.cpu_count()}  # fmt: skip
 
 
 def _failed(seeds, error: str) -> dict:
