@@ -177,6 +177,14 @@ def table1(stats: dict) -> str:
         f"under k in output: {stats['violations']}",
         f"time order: {stats['time_order']}",
     ]
+    pairs = stats.get("consecutive_pairs")
+    if pairs:
+        n, r = pairs["distinct"], pairs["also_reversed"]
+        none = "; none: every sequence may follow one fixed item order, not time"
+        lines.append(
+            f"consecutive item pairs: {n:,} distinct, {r:,} ({r / max(n, 1):.1%}) "
+            f"also in the other order{none if n and not r else ''}"
+        )
     if paper.get("note"):
         lines.append(f"paper note: {paper['note']}")
     return "\n".join(lines)

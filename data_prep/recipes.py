@@ -247,6 +247,7 @@ def _stats(dataset, recipe, rules, bad_rows, rows, seqs, source) -> dict:
             if rows.timestamp is not None
             else "file order: the input has no timestamps"
         ),
+        "consecutive_pairs": sequences.pair_directions(seqs),
         "source": source,
         "paper_table1": recipe.paper,
     }

@@ -137,3 +137,24 @@ def build(rows: RawRows, rules: Rules) -> Sequences:
         violations=kcore.violations(user, item, rules.k),
         kcore_passes=passes,
     )
+
+
+def pair_directions(seqs: Sequences) -> dict:
+    """``{"distinct": N, "also_reversed": R}``: the N distinct ordered pairs
+    (a, b) of consecutive different items in the users' sequences, and how
+    many of them also occur as (b, a). In time-ordered data many do (two users
+    met the same two items in either order); none at all over many pairs says
+    that every sequence follows one fixed order of the items, such as a file
+    sorted by item id, and "next item" is not next in time."""
+    items = seqs.items.astype(np.int64)
+    same_user = np.ones(max(items.size - 1, 0), bool)
+    same_user[seqs.offsets[1:-1] - 1] = False  # the last item of each user but the last
+    a, b = items[:-1][same_user], items[1:][same_user]
+    a, b = a[a != b], b[a != b]
+    n = int(items.max(initial=0)) + 1
+    codes = np.unique(a * n + b)
+    first, second = np.divmod(codes, n)
+    return {
+        "distinct": int(codes.size),
+        "also_reversed": int(np.isin(second * n + first, codes).sum()),
+    }

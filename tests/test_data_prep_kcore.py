@@ -168,3 +168,37 @@ def test_first_occurrences_matches_a_plain_python_reference():
             expected.append(pair not in seen)
             seen.add(pair)
         assert kcore.first_occurrences(user, item).tolist() == expected
+
+
+def _seqs(lines):
+    items = np.concatenate([np.asarray(x) for x in lines])
+    offsets = np.cumsum([0] + [len(x) for x in lines])
+    return sequences.Sequences(items=items, offsets=offsets, user_ids=None,
+                               item_ids=None, filtered={}, violations={},
+                               kcore_passes=None)  # fmt: skip
+
+
+def test_pair_directions_by_hand():
+    # pairs (1,2) (2,3) | (2,1) (1,4) | (3,4), (4,4) is none; across users
+    # (3,2) and (4,3) would reverse (2,3) and (3,4): user boundaries are no pairs
+    seqs = _seqs([[1, 2, 3], [2, 1, 4], [3, 4, 4]])
+    assert sequences.pair_directions(seqs) == {"distinct": 5, "also_reversed": 2}
+    assert sequences.pair_directions(_seqs([[1, 2, 3], [1, 3], [2, 3]])) == {
+        "distinct": 3,
+        "also_reversed": 0,
+    }
+    assert sequences.pair_directions(_seqs([[5]])) == {
+        "distinct": 0,
+        "also_reversed": 0,
+    }
+
+
+def test_pair_directions_match_a_plain_python_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lines = [rng.integers(1, 9, int(rng.integers(1, 7))) for _ in range(12)]
+        pairs = {(a, b) for x in lines for a, b in zip(x[:-1].tolist(), x[1:].tolist())
+                 if a != b}  # fmt: skip
+        want = {"distinct": len(pairs),
+                "also_reversed": sum((b, a) in pairs for a, b in pairs)}  # fmt: skip
+        assert sequences.pair_directions(_seqs(lines)) == want

@@ -227,6 +227,7 @@ def test_anime_rules_and_catalogue(tmp_path):
     out, keep, printed = _run(tmp_path, "anime", tmp_path, filter="none")
     assert keep["time_order"] == "file order: the input has no timestamps"
     assert "no timestamps" in printed
+    assert "also in the other order; none: every sequence may follow" in printed
     assert keep["interactions"] == 42 and keep["unrated_rows_in_input"] == 11
     assert keep["catalogue"] == {
         "file": "anime.csv",
