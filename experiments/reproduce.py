@@ -200,15 +200,14 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
             continue
         print(f"[{elapsed:5.0f} s] training {name}", file=log)
         split = seed_runs and not os.path.exists(os.path.join(cell_dir, "config.json"))
+        others = glob.glob(os.path.join(out, "cells", f"{name.rsplit('-', 1)[0]}-*"))
         if not split and not os.path.exists(cell_dir):  # a raised cap goes on
-            prefix = name.rsplit("-", 1)[0]
             runner.continue_from(
-                glob.glob(os.path.join(out, "cells", f"{prefix}-*")),
-                runner.run_identity(cfg, loaded[ds], seeds, None), cell_dir, log,
-            )  # fmt: skip
+                others, runner.run_identity(cfg, loaded[ds], seeds, None), cell_dir, log
+            )
         try:
             if split:
-                train_seeds(cfg, loaded[ds], seeds, cell_dir, options)
+                train_seeds(cfg, loaded[ds], seeds, cell_dir, options, others)
             else:
                 runner.run(cfg, workdir=cell_dir, data=loaded[ds], seeds=seeds,
                            options=options)  # fmt: skip
@@ -232,15 +231,21 @@ def _finished(workdir) -> bool:
     ).get("stopped")
 
 
-def train_seeds(cfg, data, seeds, cell_dir, options) -> None:
+def train_seeds(cfg, data, seeds, cell_dir, options, others=()) -> None:
     """Trains each seed of a cell as its own run (``<cell>/seed-<s>/``), one
     after another, then writes the cell from them
     (:func:`awrsr_jax.results.merge_runs`). A seed ended by a time limit
     leaves the cell unfinished (the same call goes on); a diverged seed
-    fails the cell."""
+    fails the cell. A seed not yet started here goes on from its run in one
+    of the cells ``others`` (the same cell under a smaller epoch cap or
+    another patience: :func:`awrsr_jax.runner.continue_from`) where one can."""
     dirs = seed_dirs(cell_dir, seeds)
     for s, d in zip(seeds, dirs):
-        if not _finished(d):
+        copied = not os.path.exists(d) and runner.continue_from(
+            [os.path.join(o, f"seed-{s}") for o in others if o != cell_dir],
+            runner.run_identity(cfg, data, [s], None), d, options.log,
+        )  # fmt: skip
+        if copied or not _finished(d):
             print(f"  seed {s}", file=options.log)
             try:
                 runner.run(cfg, workdir=d, data=data, seeds=[s], options=options)

@@ -625,6 +625,29 @@ def test_seed_runs_write_the_cell_the_ensemble_writes(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_a_raised_cap_continues_the_seed_runs(tmp_path):
+    """A seed run ended by the epoch cap goes on under a raised cap in the new
+    cell (from its checkpoint), and gives the run a higher cap gives at once."""
+    from awrsr_jax import results
+
+    (none,) = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                      mechs=["none"])  # fmt: skip
+    kw = dict(seeds=[0], patience=5, budget="smoke", seed_runs=True)
+    reproduce.run_table("2", [none], str(tmp_path / "a"), epochs=2, **kw)
+    log = io.StringIO()
+    reproduce.run_table("2", [none], str(tmp_path / "a"), epochs=4, log=log, **kw)
+    assert "continues " in log.getvalue() and "epochs: 2 -> 4" in log.getvalue()
+    reproduce.run_table("2", [none], str(tmp_path / "b"), epochs=4, **kw)
+    (a,) = [c for c in (tmp_path / "a" / "cells").iterdir()
+            if results.read_run(c)["config"]["config"]["epochs"] == 4]  # fmt: skip
+    (b,) = (tmp_path / "b" / "cells").iterdir()
+    a, b = results.read_run(a), results.read_run(b)
+    assert a["results"]["epochs_run"] == b["results"]["epochs_run"] == [4]
+    np.testing.assert_array_equal(a["ranks"], b["ranks"])
+    epochs = [r["epoch"] for r in results.read_metrics(a["dir"]) if "epoch" in r]
+    assert epochs == [0, 1, 2, 3]
+
+
 def test_a_bad_report_patience_is_refused_before_the_manifest(tmp_path):
     entries = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
                                       mechs=["none"])  # fmt: skip
