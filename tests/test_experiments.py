@@ -442,11 +442,18 @@ def test_figures_from_several_folders_skip_figure3_until_its_cells_finish(tmp_pa
     )
     with pytest.raises(ValueError, match="Figure 3 needs finished none and add"):
         figures.make_figures(b, tmp_path / "fig", dataset="toy", backbone="sasrec")
+    with pytest.raises(ValueError, match="toy / sasrec / none / 2 / scores: a cell of"):
+        figures._panels(f"{b},{a}")  # one row in two folders would be drawn twice
+    info = json.loads((b / "table2.json").read_text())
+    for e in info["entries"]:
+        e["dataset"] = "toy2"
+    (b / "table2.json").write_text(json.dumps(info))
     panels = figures._panels(f"{b},{a}")  # both folders' cells, by their own paths
+    assert [e["cell"] for e, _ in panels[("toy2", "sasrec")]] == [
+        str(b / "cells" / "none-2-scores")]  # fmt: skip
     assert [e["cell"] for e, _ in panels[("toy", "sasrec")]] == [
-        str(b / "cells" / "none-2-scores"), str(a / "cells" / "none-2-scores"),
-        str(a / "cells" / "add-2-scores")]  # fmt: skip
-    assert len(figures.make_figures([b, a], tmp_path / "fig2")) == 4
+        str(a / "cells" / "none-2-scores"), str(a / "cells" / "add-2-scores")]  # fmt: skip
+    assert len(figures.make_figures([a, b], tmp_path / "fig2")) == 4
 
 
 def test_param_counts_from_shapes():
