@@ -150,7 +150,8 @@ def pair_directions(seqs: Sequences) -> dict:
     same_user = np.ones(max(items.size - 1, 0), bool)
     same_user[seqs.offsets[1:-1] - 1] = False  # the last item of each user but the last
     a, b = items[:-1][same_user], items[1:][same_user]
-    a, b = a[a != b], b[a != b]
+    differ = a != b
+    a, b = a[differ], b[differ]
     n = int(items.max(initial=0)) + 1
     codes = np.unique(a * n + b)
     first, second = np.divmod(codes, n)

@@ -98,7 +98,7 @@ def test_anime_recipe_on_the_caserec_sample(tmp_path, kwargs, expected):
     stats = prepare("anime", raw=CASEREC, out=tmp_path, echo=str, **kwargs)
     assert (stats["users"], stats["items"], stats["interactions"]) == expected
     assert stats["time_order"] == "file order: the input has no timestamps"
-    # one fixed item order (the file sorted by item id within users), not time
+    # every user's items follow one fixed item order, not time
     assert stats["consecutive_pairs"]["also_reversed"] == 0
     assert stats["consecutive_pairs"]["distinct"] > 80_000
     assert stats["rows"]["rejected"] == 0
