@@ -164,7 +164,8 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
 
 def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
               report_patience=0, budget="gpu", command="", max_minutes=None,
-              cell_minutes=None, seed_runs=False, log=sys.stderr) -> str:  # fmt: skip
+              cell_minutes=None, seed_runs=False, checkpoint_every=1,
+              log=sys.stderr) -> str:  # fmt: skip
     """Trains every unfinished cell of ``entries`` (each an ordinary workdir
     under ``<out>/cells/``, through :func:`awrsr_jax.runner.run`). The
     manifest is written first, so a table can be rendered from whatever
@@ -173,7 +174,9 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
     command continues it), and then the cells train in order of the hours
     they have trained so far, least first, so that repeated commands share
     the time out. A diverged cell is recorded as failed. ``seed_runs``:
-    a cell not yet started trains its seeds one by one (:func:`train_seeds`)."""
+    a cell not yet started trains its seeds one by one (:func:`train_seeds`);
+    ``checkpoint_every``: epochs between saves (a stop loses at most that
+    many, replayed identically on resume)."""
     loaded, specs = {}, []
     for ds, cfg in entries:
         cfg = validate(cfg.replace(epochs=epochs, patience=patience,
@@ -186,7 +189,8 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
                           command=command)  # fmt: skip
     t0 = time.perf_counter()
     options = runner.Options(max_minutes=cell_minutes, progress="lines",
-                             attention=True, log=log)  # fmt: skip
+                             attention=True, log=log,
+                             checkpoint_every=checkpoint_every)  # fmt: skip
     if cell_minutes is not None:  # time slices: the least trained cell first
         specs.sort(
             key=lambda s: cell_progress(os.path.join(out, "cells", s[2]))["hours"]
@@ -283,11 +287,14 @@ def cut_seeds(res) -> list:
 
 
 def _epochs(res) -> str:
-    """``"run / best, best"`` of a cell's results; a dagger when cut."""
+    """``"run / best, best"`` of a cell's results (one number of epochs run
+    when the seeds ran alike, else one per seed, in seed order as the best
+    epochs); a dagger when cut."""
     if res is None or "epochs_run" not in res:
         return "–"
     best = ", ".join(map(str, res["best_epoch"]))
-    run = ", ".join(map(str, sorted(set(_runs(res)))))
+    runs = _runs(res)
+    run = ", ".join(map(str, runs[:1] if len(set(runs)) == 1 else runs))
     return f"{run} / {best}" + (" †" if cut_seeds(res) else "")
 
 
@@ -609,6 +616,9 @@ def define_flags():
                       "train each seed of a cell as its own run, one after "
                       "another (<cell>/seed-<s>/), and write the cell once all "
                       "have finished: a finished seed outlives lost checkpoints")  # fmt: skip
+    flags.DEFINE_integer("checkpoint_every", 1,
+                         "save each run every this many epochs (on a GPU a "
+                         "save per epoch costs more than the epoch)")  # fmt: skip
     flags.DEFINE_float("cell_minutes", None,
                        "end a cell's training after this many minutes (default: "
                        "the budget's; its row is marked)")  # fmt: skip
@@ -630,6 +640,10 @@ def main(argv):
         if not f.from_results:
             if f.cell_minutes is not None and f.cell_minutes < 0:
                 raise ValueError(f"--cell_minutes={f.cell_minutes}: must be >= 0")
+            if f.checkpoint_every < 1:
+                raise ValueError(
+                    f"--checkpoint_every={f.checkpoint_every}: must be >= 1"
+                )
             tuned_paths = list(filter(None, f.tuned.split(",")))
             tuned = [files.read_json(p) for p in tuned_paths]
             dss = (f.datasets or b["datasets"]).split(",")
@@ -644,6 +658,7 @@ def main(argv):
                       eval_every=f.eval_every, report_patience=f.report_patience,
                       budget=f.budget, command=command,
                       max_minutes=f.max_minutes, seed_runs=f.seed_runs,
+                      checkpoint_every=f.checkpoint_every,
                       cell_minutes=b["cell_minutes"] if f.cell_minutes is None
                       else f.cell_minutes)  # fmt: skip
         try:

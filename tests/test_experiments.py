@@ -521,6 +521,9 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     done = {"epochs_run": 30, "best_epoch": [2, 1], "seeds": [0, 1],
             "config": {"patience": 3, "eval_every": 1}}  # fmt: skip
     assert reproduce._epochs(done) == "30 / 2, 1"
+    # Under a rule the seeds stop apart: each seed's epochs beside its best.
+    done |= {"epochs_run": [115, 100], "best_epoch": [94, 79]}
+    assert reproduce._epochs(done) == "115, 100 / 94, 79"
 
 
 SIGTERM_AFTER_FIRST_SAVE = """
@@ -563,6 +566,25 @@ def test_sigterm_stops_a_chain_of_runs_with_143_and_no_traceback(
     if module == "grid":  # (resuming a table's cell: test_cell_minutes_...)
         r = run_module(f"experiments.{module}", *args)
         assert r.returncode == 0, r.stderr
+
+
+def test_checkpoint_every_spaces_the_saves_of_a_cell(tmp_path, monkeypatch):
+    """--checkpoint_every=2 saves a 3-epoch cell after epochs 2 and 3 (the
+    last), not after each; 0 is refused before anything is written."""
+    from awrsr_jax import checkpoint
+
+    saved, real = [], checkpoint.Store.save
+    monkeypatch.setattr(checkpoint.Store, "save",
+                        lambda self, lp, meta: saved.append(int(lp.epoch)) or real(self, lp, meta))  # fmt: skip
+    (none,) = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                      mechs=["none"])  # fmt: skip
+    reproduce.run_table("2", [none], str(tmp_path / "t"), seeds=[0], epochs=3,
+                        patience=9, budget="smoke", checkpoint_every=2)  # fmt: skip
+    assert saved == [2, 3]
+    r = run_module("experiments.reproduce", "--budget=smoke", "--checkpoint_every=0",
+                   f"--out={tmp_path / 'r'}")  # fmt: skip
+    assert r.returncode != 0 and "error: --checkpoint_every=0: must be >= 1" in r.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_time_sliced_cells_train_least_trained_first(tmp_path):
