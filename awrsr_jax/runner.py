@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -239,8 +240,14 @@ def continue_from(candidates, identity: dict, workdir: str, log=None) -> str | N
     can continue (:func:`run_diffs` finds nothing against it: a smaller epoch
     cap, another patience while no member waited that long) and that trained
     longest, so that raising ``epochs`` or ``patience`` goes on instead of
-    starting over; returns it (None: none found). The candidate stays as it
-    is; the copy is whole or absent (a ``.copying`` folder renamed)."""
+    starting over; returns it (None: none found). A candidate that every
+    member left by its patience (:func:`stopped_by_patience`) is the new run
+    already, as a higher cap would have stopped it alike: its copy, without
+    checkpoints, gets the new identity in ``config.json`` and is finished.
+    Any other candidate is copied without its ``results.json`` (those of the
+    lower cap) to go on from its checkpoint, and is skipped without one. The
+    candidate stays as it is; the copy is whole or absent (a ``.copying``
+    folder renamed)."""
     found = []
     for src in candidates:
         if src.endswith(".copying"):
@@ -250,26 +257,57 @@ def continue_from(candidates, identity: dict, workdir: str, log=None) -> str | N
         except (OSError, ValueError):
             continue
         history = workdir_history(src) or []
+        done = stopped_by_patience(src, old, history)
         if (
             any(old.get(k) != identity[k] for k in IDENTITY)  # else: in place
             and old["config"].get("epochs", 0) <= identity["config"]["epochs"]
             and not run_diffs(old, identity, history)
+            and (done or _has_checkpoint(src))
         ):
             trained = max((r.get("epoch", -1) for r in history), default=-1)
-            found.append((trained, src, old["config"]))
+            found.append((trained, src, old, done))
     if not found:
         return None
-    _, src, a = max(found)
+    _, src, old, done = max(found, key=lambda f: f[0])
     tmp = f"{workdir}.copying"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".lock"))
+    skip = ["checkpoints*"] if done else ["results.json"]
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".lock", *skip))
+    if done:  # the new identity; a cell's seed runs (``seed-<s>/``) its cap
+        files.write_json(os.path.join(tmp, "config.json"), old | identity)
+        for sub in glob.glob(os.path.join(tmp, "*", "config.json")):
+            files.write_json(sub, files.read_json(sub) | {"config": identity["config"]})
     os.replace(tmp, workdir)
     if log is not None:
-        b = identity["config"]
+        a, b = old["config"], identity["config"]
         what = ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(b)
                          if a.get(k) != b.get(k))  # fmt: skip
-        print(f"  continues {src} ({what})", file=log)
+        how = "stands for" if done else "continues"
+        print(f"  {how} {src} ({what})", file=log)
     return src
+
+
+def stopped_by_patience(workdir: str, saved: dict, history) -> bool:
+    """Whether ``workdir`` (identity ``saved``, ``metrics.jsonl`` records
+    ``history``) finished with every member stopped by its patience, none by
+    the epoch cap or a time limit."""
+    try:
+        res = files.read_json(os.path.join(workdir, "results.json"))
+    except (OSError, ValueError):
+        return False
+    members = member_progress(history or [])
+    patience = saved["config"].get("patience")
+    return (
+        res.get("status") == "ok"
+        and not res.get("stopped")
+        and len(members) == len(saved["seeds"])
+        and all(m["wait"] >= patience for m in members.values())
+    )
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    d = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
 def check_same_run(old: dict, new: dict, where: str, history=None) -> None:

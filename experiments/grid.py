@@ -82,15 +82,17 @@ def train_group(cfg, sweep, members, data, out, log) -> list[dict]:
     name = search.config_hash(cfg, data.sha256, sweep=sweep)
     workdir = os.path.join(out, "groups", name)
     seeds = [cfg.seed] * len(members)
-    if not os.path.exists(workdir):
-        runner.continue_from(
-            glob.glob(os.path.join(out, "groups", "*")),
-            runner.run_identity(cfg, data, seeds, sweep), workdir, log,
-        )  # fmt: skip
+    copied = not os.path.exists(workdir) and runner.continue_from(
+        glob.glob(os.path.join(out, "groups", "*")),
+        runner.run_identity(cfg, data, seeds, sweep), workdir, log,
+    )  # fmt: skip
     options = runner.Options(progress="lines", log=log)
     try:
-        res = runner.run(cfg, workdir=workdir, data=data, seeds=seeds,
-                         sweep=sweep, options=options)  # fmt: skip
+        if copied and results.is_done(workdir):  # stopped below the old cap
+            res = files.read_json(os.path.join(workdir, "results.json"))
+        else:
+            res = runner.run(cfg, workdir=workdir, data=data, seeds=seeds,
+                             sweep=sweep, options=options)  # fmt: skip
     except FloatingPointError as e:
         if len(members) == 1:
             print(f"  diverged: {e}", file=log)

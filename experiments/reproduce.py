@@ -203,12 +203,14 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
             print(f"[{elapsed:5.0f} s] time limit: not starting {name}", file=log)
             continue
         print(f"[{elapsed:5.0f} s] training {name}", file=log)
-        split = seed_runs and not os.path.exists(os.path.join(cell_dir, "config.json"))
         others = glob.glob(os.path.join(out, "cells", f"{name.rsplit('-', 1)[0]}-*"))
-        if not split and not os.path.exists(cell_dir):  # a raised cap goes on
+        if not os.path.exists(cell_dir):  # a raised cap goes on
             runner.continue_from(
                 others, runner.run_identity(cfg, loaded[ds], seeds, None), cell_dir, log
             )
+            if _finished(cell_dir):  # stopped by patience below the old cap
+                continue
+        split = seed_runs and not os.path.exists(os.path.join(cell_dir, "config.json"))
         try:
             if split:
                 train_seeds(cfg, loaded[ds], seeds, cell_dir, options, others)
@@ -245,11 +247,12 @@ def train_seeds(cfg, data, seeds, cell_dir, options, others=()) -> None:
     another patience: :func:`awrsr_jax.runner.continue_from`) where one can."""
     dirs = seed_dirs(cell_dir, seeds)
     for s, d in zip(seeds, dirs):
-        copied = not os.path.exists(d) and runner.continue_from(
-            [os.path.join(o, f"seed-{s}") for o in others if o != cell_dir],
-            runner.run_identity(cfg, data, [s], None), d, options.log,
-        )  # fmt: skip
-        if copied or not _finished(d):
+        if not os.path.exists(d):
+            runner.continue_from(
+                [os.path.join(o, f"seed-{s}") for o in others if o != cell_dir],
+                runner.run_identity(cfg, data, [s], None), d, options.log,
+            )  # fmt: skip
+        if not _finished(d):
             print(f"  seed {s}", file=options.log)
             try:
                 runner.run(cfg, workdir=d, data=data, seeds=[s], options=options)

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -120,6 +121,32 @@ def test_grid_with_a_larger_epoch_cap_continues_the_shorter_group(tmp_path):
         2,
         4,
     }
+
+
+def test_grid_keeps_a_group_its_patience_ended_under_a_larger_cap(tmp_path):
+    """A group whose members all stopped by patience is the group a larger cap
+    trains: its records come back unchanged, without its checkpoints too."""
+    from tests.conftest import tiny_config, tiny_seqs
+
+    data = datasets.Dataset("synthetic", tiny_seqs())
+    short = [tiny_config(layers=1, epochs=40, patience=1, lr=lr) for lr in (1e-3, 2e-3)]
+    first = grid.run_search(short, data, str(tmp_path), log=io.StringIO())
+    (old,) = (tmp_path / "groups").iterdir()
+    assert max(r["epochs_run"] for r in first.records.values()) < 40
+    shutil.rmtree(old / "checkpoints")
+    log = io.StringIO()
+    table = grid.run_search([c.replace(epochs=80) for c in short], data,
+                            str(tmp_path), log=log)  # fmt: skip
+    assert f"stands for {old} (epochs: 40 -> 80)" in log.getvalue()
+    new = {
+        r["config"]["lr"]: r
+        for r in table.records.values()
+        if r["config"]["epochs"] == 80
+    }
+    for r in first.records.values():
+        got = new[r["config"]["lr"]]
+        assert (got["valid"], got["test"], got["best_epoch"], got["epochs_run"]) == (
+            r["valid"], r["test"], r["best_epoch"], r["epochs_run"])  # fmt: skip
 
 
 def test_table_entries_gpu_budget():
@@ -675,6 +702,48 @@ def test_a_raised_cap_continues_the_seed_runs(tmp_path):
     np.testing.assert_array_equal(a["ranks"], b["ranks"])
     epochs = [r["epoch"] for r in results.read_metrics(a["dir"]) if "epoch" in r]
     assert epochs == [0, 1, 2, 3]
+
+
+def test_a_raised_cap_keeps_seed_runs_their_patience_ended(tmp_path):
+    """A seed run its patience ended below the cap is the run a higher cap
+    gives: under a raised cap it stands as it is, without its checkpoints
+    too (committed runs have none), and nothing trains; a run the cap cut
+    has to go on, and without a checkpoint it trains again from epoch 0."""
+    from awrsr_jax import results
+
+    (none,) = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                      mechs=["none"])  # fmt: skip
+    kw = dict(seeds=[0], patience=1, budget="smoke", seed_runs=True)
+    reproduce.run_table("2", [none], str(tmp_path / "a"), epochs=30, **kw)
+    (old,) = (tmp_path / "a" / "cells").iterdir()
+    before = results.read_run(old / "seed-0")
+    assert before["results"]["epochs_run"] < 30  # its patience ended it
+    shutil.rmtree(old / "seed-0" / "checkpoints")
+    log = io.StringIO()
+    reproduce.run_table("2", [none], str(tmp_path / "a"), epochs=60, log=log, **kw)
+    assert f"stands for {old} (epochs: 30 -> 60)" in log.getvalue()  # the cell
+    assert "  seed 0" not in log.getvalue()
+    (new,) = [c for c in (tmp_path / "a" / "cells").iterdir() if c != old]
+    after = results.read_run(new / "seed-0")
+    assert after["config"]["config"]["epochs"] == 60
+    assert results.read_run(new)["config"]["config"]["epochs"] == 60
+    assert not (new / "seed-0" / "checkpoints").exists()
+    assert after["results"] == before["results"]
+    np.testing.assert_array_equal(after["ranks"], before["ranks"])
+    assert results.read_run(new)["results"]["epochs_run"] == [
+        before["results"]["epochs_run"]
+    ]
+    # Cut by the cap, its checkpoints gone: trained again, not refused.
+    kw = dict(kw, patience=5)
+    reproduce.run_table("2", [none], str(tmp_path / "b"), epochs=2, **kw)
+    (cut,) = (tmp_path / "b" / "cells").iterdir()
+    shutil.rmtree(cut / "seed-0" / "checkpoints")
+    log = io.StringIO()
+    reproduce.run_table("2", [none], str(tmp_path / "b"), epochs=3, log=log, **kw)
+    assert "continues" not in log.getvalue() and "  seed 0" in log.getvalue()
+    (new,) = [c for c in (tmp_path / "b" / "cells").iterdir() if c != cut]
+    epochs = [r["epoch"] for r in results.read_metrics(new / "seed-0") if "epoch" in r]
+    assert epochs == [0, 1, 2]
 
 
 def test_a_bad_report_patience_is_refused_before_the_manifest(tmp_path):

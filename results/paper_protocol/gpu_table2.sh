@@ -8,10 +8,14 @@
 #
 #   OUT=/tmp/gpu_out bash results/paper_protocol/gpu_table2.sh
 #
-# Each finished cell is packed at once, without checkpoints, into
-# $OUT/TAG.tgz (runs/gpu/TAG/), so a time limit loses only the cell in
-# training. DATASETS, MECHS and EPOCHS_MAX override the defaults (a CPU check
-# of the script: EPOCHS_MAX=1 MECHS=none DATASETS=ml-1m).
+# The cells committed from an earlier session on the same kind of GPU
+# (table2/TAG-GPU/, e.g. ml1m-h200) are copied into runs/gpu/TAG first, so
+# only the missing cells train; a cell its patience ended under a lower cap
+# stands under a higher one. Each finished cell is packed at once, without
+# checkpoints, into $OUT/TAG.tgz (runs/gpu/TAG/), so a time limit loses only
+# the cell in training; commit them to table2/TAG-GPU/ with
+# `protocol.py sync-cells`. DATASETS, MECHS and EPOCHS_MAX override the
+# defaults (a CPU check of the script: EPOCHS_MAX=1 MECHS=none DATASETS=ml-1m).
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -22,13 +26,17 @@ if ! python3 -c "import tqdm" 2>/dev/null; then
 fi
 { nvidia-smi -L; python3 -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
   > "$OUT/device.log" 2>&1
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 |
+  grep -oE 'H[0-9]+' | tr A-Z a-z)
 P=results/paper_protocol
 for DATA in ${DATASETS:-ml-1m beauty}; do
   case $DATA in
-    ml-1m) TAG=ml1m EPOCHS=400 ;;
-    beauty) TAG=beauty EPOCHS=1000 ;;  # run.sh's caps
+    ml-1m) TAG=ml1m ;;
+    beauty) TAG=beauty ;;
   esac
-  EPOCHS=${EPOCHS_MAX:-$EPOCHS}
+  EPOCHS=${EPOCHS_MAX:-1000}  # run.sh's cap; patience 60 ends the seeds
+  [ -n "$GPU" ] && [ -d $P/table2/$TAG-$GPU ] &&
+    python3 $P/protocol.py sync-cells $P/table2/$TAG-$GPU runs/gpu/$TAG >> "$OUT/log.txt"
   for MECH in ${MECHS:-none simp value add}; do
     echo "== $(date -u +%T) $TAG $MECH" >> "$OUT/log.txt"
     python3 -m experiments.reproduce --table=2 --datasets=$DATA --backbones=sasrec \
