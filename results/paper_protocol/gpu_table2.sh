@@ -15,7 +15,8 @@
 # checkpoints, into $OUT/TAG.tgz (runs/gpu/TAG/), so a time limit loses only
 # the cell in training; commit them to table2/TAG-GPU/ with
 # `protocol.py sync-cells`. DATASETS, MECHS and EPOCHS_MAX override the
-# defaults (a CPU check of the script: EPOCHS_MAX=1 MECHS=none DATASETS=ml-1m).
+# defaults (a CPU check of the script: EPOCHS_MAX=1 MECHS=none DATASETS=ml-1m;
+# GPU=h200 MECHS="none simp" DATASETS=ml-1m finds both cells committed).
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -26,8 +27,8 @@ if ! python3 -c "import tqdm" 2>/dev/null; then
 fi
 { nvidia-smi -L; python3 -c "import jax; print('jax', jax.__version__, jax.devices())"; } \
   > "$OUT/device.log" 2>&1
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 |
-  grep -oE 'H[0-9]+' | tr A-Z a-z)
+GPU=${GPU:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null |
+  head -1 | grep -oE 'H[0-9]+' | tr A-Z a-z)}  # set by hand: a CPU check
 P=results/paper_protocol
 for DATA in ${DATASETS:-ml-1m beauty}; do
   case $DATA in
