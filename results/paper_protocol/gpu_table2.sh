@@ -4,8 +4,10 @@
 # with the paper's patience 20 recorded from the same training), each cell
 # as one 5-seed vmapped ensemble, ML-1M first, then Beauty. Run from the
 # repository root, with the benchmark files in .gpu/data (and, where the
-# machine lacks tqdm, its wheel in .gpu/whl):
+# machine lacks tqdm, its wheel in .gpu/whl), which `prepare` puts there on
+# this machine; then carry .gpu to the device:
 #
+#   bash results/paper_protocol/gpu_table2.sh prepare
 #   OUT=/tmp/gpu_out bash results/paper_protocol/gpu_table2.sh
 #
 # The cells committed from an earlier session on the same kind of GPU
@@ -19,6 +21,14 @@
 # GPU=h200 MECHS="none simp" DATASETS=ml-1m finds both cells committed).
 set -u
 cd "$(dirname "$0")/../.."
+if [ "${1:-}" = prepare ]; then
+  set -e
+  mkdir -p .gpu/data .gpu/whl
+  cp ../shared/data/ml-1m_sasrec-equivalent.txt ../shared/data/Beauty_5core_stosa.txt .gpu/data/
+  python3 -m pip download -q --no-deps --only-binary=:all: -d .gpu/whl tqdm
+  ls -l .gpu/data .gpu/whl
+  exit
+fi
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 AWRSR_DATA_DIR=${AWRSR_DATA_DIR:-$PWD/.gpu/data}
 if ! python3 -c "import tqdm" 2>/dev/null; then
