@@ -24,7 +24,7 @@ cd "$(dirname "$0")/../.."
 if [ "${1:-}" = prepare ]; then
   set -e
   mkdir -p .gpu/data .gpu/whl
-  cp ../shared/data/ml-1m_sasrec-equivalent.txt ../shared/data/Beauty_5core_stosa.txt .gpu/data/
+  cp -f ../shared/data/ml-1m_sasrec-equivalent.txt ../shared/data/Beauty_5core_stosa.txt .gpu/data/
   python3 -m pip download -q --no-deps --only-binary=:all: -d .gpu/whl tqdm
   ls -l .gpu/data .gpu/whl
   exit
