@@ -29,6 +29,23 @@ def as_list(x) -> list:
     return x if isinstance(x, list) else [x]
 
 
+def seed_epochs(res) -> list:
+    """Epochs each seed of ``results.json`` ran: one number for a run, a list
+    under a rule (:func:`rule_view`: seeds stop apart)."""
+    n = res["epochs_run"]
+    return n if isinstance(n, list) else [n] * len(as_list(res["seeds"]))
+
+
+def cut_seeds(res, config) -> list:
+    """Seeds of ``res`` (``results.json``, trained under ``config``) whose run
+    ended (epoch cap or time limit) while they were still within their
+    patience: their validation metric may still have been rising. A seed
+    stopped by patience has ``best_epoch + patience < epochs_run``."""
+    patience = config["patience"] * config.get("eval_every", 1)
+    return [s for s, b, n in zip(as_list(res["seeds"]), as_list(res["best_epoch"]),
+                                 seed_epochs(res)) if b + patience >= n]  # fmt: skip
+
+
 def is_done(workdir) -> bool:
     """A run is finished (or failed) once its ``results.json`` exists: written last."""
     return os.path.exists(os.path.join(workdir, "results.json"))

@@ -65,7 +65,7 @@ from tqdm import tqdm
 from awrsr_jax import analysis, checkpoint, files, parallel, train
 from awrsr_jax.config import Config, validate
 from awrsr_jax.datasets import Dataset
-from awrsr_jax.results import read_metrics
+from awrsr_jax.results import cut_seeds, read_metrics
 
 IDENTITY = ("config", "dataset", "data_sha256", "seeds", "sweep")
 RESULT_FILES = ("results.json", "metrics.jsonl", "test_ranks.npy",
@@ -257,7 +257,7 @@ def continue_from(candidates, identity: dict, workdir: str, log=None) -> str | N
         except (OSError, ValueError):
             continue
         history = workdir_history(src) or []
-        done = stopped_by_patience(src, old, history)
+        done = stopped_by_patience(src, old)
         if (
             any(old.get(k) != identity[k] for k in IDENTITY)  # else: in place
             and old["config"].get("epochs", 0) <= identity["config"]["epochs"]
@@ -287,21 +287,18 @@ def continue_from(candidates, identity: dict, workdir: str, log=None) -> str | N
     return src
 
 
-def stopped_by_patience(workdir: str, saved: dict, history) -> bool:
-    """Whether ``workdir`` (identity ``saved``, ``metrics.jsonl`` records
-    ``history``) finished with every member stopped by its patience, none by
-    the epoch cap or a time limit."""
+def stopped_by_patience(workdir: str, saved: dict) -> bool:
+    """Whether ``workdir`` (identity ``saved``) finished with every member
+    stopped by its patience, none by the epoch cap or a time limit
+    (:func:`awrsr_jax.results.cut_seeds`)."""
     try:
         res = files.read_json(os.path.join(workdir, "results.json"))
     except (OSError, ValueError):
         return False
-    members = member_progress(history or [])
-    patience = saved["config"].get("patience")
     return (
         res.get("status") == "ok"
         and not res.get("stopped")
-        and len(members) == len(saved["seeds"])
-        and all(m["wait"] >= patience for m in members.values())
+        and not cut_seeds(res, saved["config"])
     )
 
 

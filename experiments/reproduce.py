@@ -273,20 +273,9 @@ def _pm(s, m="NDCG@5") -> str:
     return "–" if s is None else f"{s['mean'][m]:.4f} ± {s['sd'][m]:.4f}"
 
 
-def _runs(res) -> list:
-    """Epochs each seed ran: one number for a cell, a list under a rule
-    (:func:`awrsr_jax.results.rule_view`: seeds stop apart)."""
-    n = res["epochs_run"]
-    return n if isinstance(n, list) else [n] * len(res["seeds"])
-
-
 def cut_seeds(res) -> list:
-    """Seeds whose run ended (epoch cap or time limit) while they were still
-    within their patience: their validation metric may still have been rising.
-    A seed stopped by patience has ``best_epoch + patience < epochs_run``."""
-    patience = res["config"]["patience"] * res["config"]["eval_every"]
-    return [s for s, b, n in zip(res["seeds"], res["best_epoch"], _runs(res))
-            if b + patience >= n]  # fmt: skip
+    """:func:`awrsr_jax.results.cut_seeds` of a loaded cell (its ``config``)."""
+    return results.cut_seeds(res, res["config"])
 
 
 def _epochs(res) -> str:
@@ -296,7 +285,7 @@ def _epochs(res) -> str:
     if res is None or "epochs_run" not in res:
         return "–"
     best = ", ".join(map(str, res["best_epoch"]))
-    runs = _runs(res)
+    runs = results.seed_epochs(res)
     run = ", ".join(map(str, runs[:1] if len(set(runs)) == 1 else runs))
     return f"{run} / {best}" + (" †" if cut_seeds(res) else "")
 
@@ -339,7 +328,7 @@ def _header(title, info, rows) -> list[str]:
                  + f"jax {r['jax']})" for r in done})  # fmt: skip
     cfg = done[0]["config"] if done else {}
     cut = [f"{e['dataset']} / {e['backbone']} / {e['mech']}, {e['layers']} layer(s), "
-           f"{e['refine_input']} (seeds {cut_seeds(r)}, {max(_runs(r))} epochs)"
+           f"{e['refine_input']} (seeds {cut_seeds(r)}, {max(results.seed_epochs(r))} epochs)"
            for e, r, _ in rows if r is not None and cut_seeds(r)]  # fmt: skip
     seen = {}  # (dataset, backbone) -> key -> its values in these cells
     for e, r, _ in rows:
