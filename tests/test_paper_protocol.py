@@ -105,16 +105,21 @@ def _manifest(root, names):
 def test_sync_cells_copies_finished_cells_without_checkpoints(tmp_path):
     runs, kept = tmp_path / "runs", tmp_path / "committed"
     _cell(runs, "none", {"status": "ok"})
+    _run(runs / "cells" / "none" / "seed-4", {"status": "ok"})  # the last seed
     _cell(runs, "simp", {"status": "ok", "stopped": True})  # a time limit ended it
     _cell(runs, "value")  # training
     _run(runs / "cells" / "add" / "seed-0", {"status": "ok"})  # seed by seed
     _run(runs / "cells" / "add" / "seed-1")  # training
     _manifest(runs, ["none", "simp", "value", "add"])
-    assert protocol.sync_cells(str(runs), str(kept)) == ["add/seed-0", "none"]
+    assert protocol.sync_cells(str(runs), str(kept)) == [
+        "add/seed-0", "none", "none/seed-4"
+    ]  # fmt: skip
     assert sorted(p.name for p in (kept / "cells").iterdir()) == ["add", "none"]
     assert [p.name for p in (kept / "cells" / "add").iterdir()] == ["seed-0"]
     got = sorted(p.name for p in (kept / "cells" / "none").iterdir())
-    assert got == ["config.json", "metrics.jsonl", "results.json", "test_ranks.npy"]
+    files = ["config.json", "metrics.jsonl", "results.json", "test_ranks.npy"]
+    assert got == sorted(files + ["seed-4"])
+    assert sorted(p.name for p in (kept / "cells/none/seed-4").iterdir()) == files
     assert len(json.loads((kept / "table2.json").read_text())["entries"]) == 4
     assert protocol.sync_cells(str(runs), str(kept)) == []  # already there
 

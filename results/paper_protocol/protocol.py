@@ -103,15 +103,17 @@ def _copy_run(src, dst):
 
 
 def sync_cells(src, dst) -> list[str]:
-    """Copies each finished cell of ``src/cells`` that ``dst/cells`` lacks,
-    and of an unfinished cell trained seed by seed (``reproduce
-    --seed_runs``) its finished ``seed-<s>`` runs, and ``src/table2.json``
-    unless ``dst``'s lists more cells; returns what was copied."""
+    """Copies each finished cell of ``src/cells`` that ``dst/cells`` lacks
+    and the finished ``seed-<s>`` runs of a cell trained seed by seed
+    (``reproduce --seed_runs``; the cell is written from them when the last
+    one ends), and ``src/table2.json`` unless ``dst``'s lists more cells;
+    returns what was copied."""
     copied = []
     cells = os.path.join(src, "cells")
     for name in sorted(os.listdir(cells)) if os.path.isdir(cells) else []:
         cell = os.path.join(cells, name)
-        runs = [name] if _finished(cell) else [
+        runs = [name] if _finished(cell) else []
+        runs += [
             os.path.join(name, s) for s in sorted(os.listdir(cell))
             if s.startswith("seed-") and _finished(os.path.join(cell, s))
         ]  # fmt: skip
