@@ -155,6 +155,15 @@ def _short(n: float) -> str:
     return f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:g}"
 
 
+def paper_mismatch(stats: dict) -> list[str]:
+    """The Table 1 counts (users, items, interactions) whose short form
+    (``6.0k``, ``0.4M``) differs from the paper's: none for the paper's data,
+    some for a stand-in."""
+    paper = stats.get("paper_table1") or {}
+    keys = ("users", "items", "interactions")
+    return [k for k in keys if k in paper and _short(stats[k]) != paper[k]]
+
+
 def table1(stats: dict) -> str:
     """The run's counts beside the paper's Table 1, as printable text."""
     paper = stats["paper_table1"]

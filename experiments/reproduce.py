@@ -49,6 +49,7 @@ metrics and the seed-level p.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 import time
@@ -60,6 +61,7 @@ from awrsr_jax.analysis import fmt as _f
 from awrsr_jax.analysis import markdown_table as _md
 from awrsr_jax.config import Config, validate
 from awrsr_jax.paper import PAPER_TABLE2, PAPER_TABLE3
+from data_prep import outputs
 
 SMOKE = dict(hidden=16, max_len=10, layers=1, heads=1, batch_size=32)
 # cpu: Table 2 for SASRec on Beauty, 2 seeds per cell: about 45 minutes on 2 CPU
@@ -362,12 +364,41 @@ def _header(title, info, rows) -> list[str]:
         "shown for reference only.",
         "",
         *(f"- config {ds} / {bb}: {c}" for (ds, bb), c in shapes.items()),
+        *_data_lines(dict.fromkeys(e["dataset"] for e, _, _ in rows)),
         "",
     ] + ([
         "† ended by the epoch cap or the time limit while some seeds were still "
         "within their patience (their validation NDCG@5 may still have been "
         f"rising); no conclusion rests on these cells: {', '.join(cut)}.", "",
     ] if cut else [])  # fmt: skip
+
+
+def _data_lines(names) -> list[str]:
+    """What each dataset prepared by ``data_prep`` (a file with its
+    ``stats.json`` beside it) was made from, its size and order, and whether
+    it is the paper's data by Table 1's counts, so that a stand-in is never
+    read as the paper's dataset."""
+    out = []
+    for name in names:
+        path = os.path.join(os.path.dirname(name), "stats.json")
+        if name in datasets.NAMES or not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            st = json.load(f)
+        src, paper = st["source"], st.get("paper_table1") or {}
+        off = outputs.paper_mismatch(st)
+        line = (f"- data {name}: made by `data_prep` from {src['file']} "
+                f"({src['format']}): {st['users']:,} users, {st['items']:,} "
+                f"items, {st['interactions']:,} interactions; time order: "
+                f"{st['time_order']}")  # fmt: skip
+        if paper:
+            size = " / ".join(paper[k] for k in ("users", "items", "interactions"))
+            line += (f". The paper's {st['dataset']} (Table 1): {size}; "
+                     + (f"this is a stand-in, not the paper's data ({', '.join(off)} "
+                        "differ), and the paper's values do not apply to it"
+                        if off else "the same counts"))  # fmt: skip
+        out.append(line)
+    return out
 
 
 def render_table2(info, cells):

@@ -301,6 +301,32 @@ def test_render_table2_values(tmp_path):
     assert "(patience 20, at most 200 epochs)" in md
 
 
+def test_a_prepared_dataset_says_whether_it_is_the_papers(tmp_path):
+    def prepared(name, users, items, interactions):
+        d = tmp_path / name
+        d.mkdir()
+        (d / f"{name}.txt").write_text("1 1 2 3\n")
+        (d / "stats.json").write_text(json.dumps({
+            "dataset": name, "users": users, "items": items,
+            "interactions": interactions, "time_order": "file order",
+            "source": {"file": "raw.dat", "format": "caserec anime table"},
+            "paper_table1": {"users": "73.5k", "items": "12.2k", "interactions": "1.0M"},
+        }))  # fmt: skip
+        return str(d / f"{name}.txt")
+
+    small = prepared("anime", 4566, 5128, 514935)
+    full = prepared("full", 73460, 12240, 1049999)  # 73.5k / 12.2k / 1.0M
+    alone = tmp_path / "alone.txt"  # no stats.json: nothing to say
+    alone.write_text("1 1 2 3\n")
+    got = reproduce._data_lines([small, full, str(alone), "ml-1m"])
+    assert len(got) == 2
+    assert got[0].startswith(f"- data {small}: made by `data_prep` from raw.dat")
+    assert "4,566 users, 5,128 items, 514,935 interactions" in got[0]
+    assert "73.5k / 12.2k / 1.0M; this is a stand-in" in got[0]
+    assert "(users, items, interactions differ)" in got[0]
+    assert got[1].endswith("73.5k / 12.2k / 1.0M; the same counts")
+
+
 def test_a_table_without_finished_cells_says_so(tmp_path):
     write_fake_cells(tmp_path)
     for cell in (tmp_path / "cells").iterdir():
