@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One compilation cache per test session, shared by this process and the
+# `python -m` children it starts: the tests compile the same small programs
+# many times over (configs that differ only in epochs or seeds, every CLI
+# child), and compiling costs most of their time. A new folder each session
+# keeps sessions independent.
+_JAX_CACHE = tempfile.mkdtemp(prefix="awrsr-jax-test-cache-")
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
