@@ -527,8 +527,13 @@ def cell_progress(cell_dir) -> dict:
     seed by seed counts its seed runs' members in seed order) and ``hours``
     trained (each epoch's training plus validation seconds, as logged)."""
     whole = os.path.exists(os.path.join(cell_dir, "config.json"))
-    parts = [cell_dir] if whole else seed_dirs(cell_dir)
-    parts = [p for p in parts if os.path.exists(os.path.join(p, "config.json"))]
+    runs = [p for p in seed_dirs(cell_dir)
+            if os.path.exists(os.path.join(p, "config.json"))]  # fmt: skip
+    parts = runs
+    if whole:  # an ensemble's members share each epoch's seconds; a cell
+        # written from its seed runs is read from them, each timed alone
+        seeds = files.read_json(os.path.join(cell_dir, "config.json"))["seeds"]
+        parts = runs if len(runs) == len(seeds) else [cell_dir]
     if not parts:
         return dict(state="not started", config=None, members={}, hours=0.0)
     config = files.read_json(os.path.join(parts[0], "config.json"))["config"]

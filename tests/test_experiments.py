@@ -419,6 +419,28 @@ def test_status_reads_each_cell_without_training(tmp_path):
     ]  # fmt: skip
 
 
+def test_cell_hours_count_each_seed_run_and_an_ensemble_epoch_once(tmp_path):
+    def run(d, seeds, rows):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"config": {}, "seeds": seeds}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def rows(members, seconds):  # two epochs, each timed 10 s + 2 s
+        return [{"epoch": e, "member": m, "seconds": seconds, "eval_seconds": 2.0}
+                for e in (0, 1) for m in members]  # fmt: skip
+
+    ensemble = tmp_path / "ensemble"  # two members trained together
+    run(ensemble, [0, 1], rows([0, 1], 10.0))
+    assert reproduce.cell_progress(str(ensemble))["hours"] * 3600 == 24.0
+    merged = tmp_path / "merged"  # written from two seed runs, one after the other
+    run(merged, [0, 1], rows([0, 1], 10.0))
+    for s in (0, 1):
+        run(merged / f"seed-{s}", [s], rows([0], 10.0))
+    assert reproduce.cell_progress(str(merged))["hours"] * 3600 == 48.0
+    (merged / "seed-1" / "config.json").unlink()  # not every seed run there
+    assert reproduce.cell_progress(str(merged))["hours"] * 3600 == 24.0
+
+
 def test_render_table3_and_refine(tmp_path):
     specs = [(m, n, "scores", r + n - 1) for n in (1, 2) for m, r in RANKS.items()]
     write_fake_cells(tmp_path, "3", specs)
