@@ -49,7 +49,6 @@ metrics and the seed-level p.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 import time
@@ -383,8 +382,7 @@ def _data_lines(names) -> list[str]:
         path = os.path.join(os.path.dirname(name), "stats.json")
         if name in datasets.NAMES or not os.path.isfile(path):
             continue
-        with open(path) as f:
-            st = json.load(f)
+        st = files.read_json(path)
         src, paper = st["source"], st.get("paper_table1") or {}
         off = outputs.paper_mismatch(st)
         line = (f"- data {name}: made by `data_prep` from {src['file']} "

@@ -19,9 +19,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # many times over (configs that differ only in epochs or seeds, every CLI
 # child), and compiling costs most of their time. A new folder each session
 # keeps sessions independent.
-_JAX_CACHE = tempfile.mkdtemp(prefix="awrsr-jax-test-cache-")
-atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="awrsr-jax-test-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
