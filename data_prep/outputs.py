@@ -155,13 +155,15 @@ def _short(n: float) -> str:
     return f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:g}"
 
 
+TABLE1_COUNTS = ("users", "items", "interactions")  # the paper's Table 1 columns
+
+
 def paper_mismatch(stats: dict) -> list[str]:
     """The Table 1 counts (users, items, interactions) whose short form
     (``6.0k``, ``0.4M``) differs from the paper's: none for the paper's data,
     some for a stand-in."""
     paper = stats.get("paper_table1") or {}
-    keys = ("users", "items", "interactions")
-    return [k for k in keys if k in paper and _short(stats[k]) != paper[k]]
+    return [k for k in TABLE1_COUNTS if k in paper and _short(stats[k]) != paper[k]]
 
 
 def table1(stats: dict) -> str:
@@ -173,7 +175,7 @@ def table1(stats: dict) -> str:
         f"duplicates={rules['duplicates']} unrated={rules['unrated']}",
         f"{'':14}{'this run':>12}{'(short)':>10}{'paper Table 1':>20}",
     ]
-    for key in ("users", "items", "interactions"):
+    for key in TABLE1_COUNTS:
         lines.append(
             f"{key:14}{stats[key]:>12,}{_short(stats[key]):>10}{paper[key]:>20}"
         )

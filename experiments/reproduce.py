@@ -390,7 +390,7 @@ def _data_lines(names) -> list[str]:
                 f"items, {st['interactions']:,} interactions; time order: "
                 f"{st['time_order']}")  # fmt: skip
         if paper:
-            size = " / ".join(paper[k] for k in ("users", "items", "interactions"))
+            size = " / ".join(paper[k] for k in outputs.TABLE1_COUNTS)
             line += (f". The paper's {st['dataset']} (Table 1): {size}; "
                      + (f"this is a stand-in, not the paper's data ({', '.join(off)} "
                         "differ), and the paper's values do not apply to it"
