@@ -7,7 +7,8 @@ target in one rename; on any error the temporary file is removed and the old
 target is left as it was. Readers therefore see the old file or the new one,
 never half of one.
 
-:class:`WorkdirLock` keeps two runs out of one workdir.
+:class:`WorkdirLock` keeps two runs out of one workdir; :func:`held`
+serialises the read-modify-write of a file that several processes update.
 """
 
 from __future__ import annotations
@@ -102,12 +103,29 @@ def output_path(folder, name: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def held(path):
+    """An exclusive ``flock`` on ``path`` (created if missing) for the block,
+    waiting for another process that holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class WorkdirBusy(ValueError):
+    """Another live run holds the workdir (:class:`WorkdirLock`)."""
+
+
 class WorkdirLock:
     """An exclusive ``flock`` on ``<workdir>/.lock`` while a run uses it.
 
-    A second run in the same workdir gets a ``ValueError`` naming the workdir
-    and the holder's pid instead of two writers racing on the same files. The
-    lock dies with its process, so a killed run never leaves it held.
+    A second run in the same workdir gets a :class:`WorkdirBusy` (a
+    ``ValueError``) naming the workdir and the holder's pid instead of two
+    writers racing on the same files. The lock dies with its process, so a
+    killed run never leaves it held.
     """
 
     def __init__(self, workdir):
@@ -122,7 +140,7 @@ class WorkdirLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ValueError(
+                raise WorkdirBusy(
                     f"{os.path.dirname(self.path)} is in use by another run "
                     f"(pid {holder}); wait for it to end or use another --workdir"
                 ) from None

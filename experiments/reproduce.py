@@ -147,19 +147,21 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
     """``table<N>.json``: merged with an existing one, so commands that each
     train part of a table (say one dataset each) add up to the whole table."""
     path = os.path.join(out, f"table{table}.json")
-    old = {"entries": [], "commands": []}
-    if os.path.exists(path):
-        old = files.read_json(path)
-    merged = {results.entry_key(e): e for e in old["entries"]}
-    for ds, cfg, name in specs:
-        e = dict(dataset=ds, backbone=cfg.backbone, mech=cfg.mech, layers=cfg.layers,
-                 refine_input=cfg.refine_input, cell=f"cells/{name}")  # fmt: skip
-        merged[results.entry_key(e)] = e
-    commands = [c for c in old.get("commands", []) if c != command] + [command]
-    info = dict(table=table, budget=budget, seeds=list(seeds), commands=commands,
-                entries=list(merged.values()))  # fmt: skip
     os.makedirs(out, exist_ok=True)
-    files.write_json(path, info)
+    with files.held(os.path.join(out, f".table{table}.lock")):  # two commands
+        old = {"entries": [], "commands": []}
+        if os.path.exists(path):
+            old = files.read_json(path)
+        merged = {results.entry_key(e): e for e in old["entries"]}
+        for ds, cfg, name in specs:
+            e = dict(dataset=ds, backbone=cfg.backbone, mech=cfg.mech,
+                     layers=cfg.layers, refine_input=cfg.refine_input,
+                     cell=f"cells/{name}")  # fmt: skip
+            merged[results.entry_key(e)] = e
+        commands = [c for c in old.get("commands", []) if c != command] + [command]
+        info = dict(table=table, budget=budget, seeds=list(seeds),
+                    commands=commands, entries=list(merged.values()))  # fmt: skip
+        files.write_json(path, info)
     return path
 
 
@@ -243,9 +245,12 @@ def train_seeds(cfg, data, seeds, cell_dir, options, others=()) -> None:
     after another, then writes the cell from them
     (:func:`awrsr_jax.results.merge_runs`). A seed ended by a time limit
     leaves the cell unfinished (the same call goes on); a diverged seed
-    fails the cell. A seed not yet started here goes on from its run in one
-    of the cells ``others`` (the same cell under a smaller epoch cap or
-    another patience: :func:`awrsr_jax.runner.continue_from`) where one can."""
+    fails the cell. A seed that another process is training (its workdir
+    locked) is left to it, so two commands share a cell's seeds; whichever
+    finishes the last seed writes the cell. A seed not yet started here
+    goes on from its run in one of the cells ``others`` (the same cell under
+    a smaller epoch cap or another patience:
+    :func:`awrsr_jax.runner.continue_from`) where one can."""
     dirs = seed_dirs(cell_dir, seeds)
     for s, d in zip(seeds, dirs):
         if not os.path.exists(d):
@@ -257,6 +262,9 @@ def train_seeds(cfg, data, seeds, cell_dir, options, others=()) -> None:
             print(f"  seed {s}", file=options.log)
             try:
                 runner.run(cfg, workdir=d, data=data, seeds=[s], options=options)
+            except files.WorkdirBusy as e:
+                print(f"  left to the other run: {e}", file=options.log)
+                continue
             except FloatingPointError as e:
                 files.write_json(os.path.join(cell_dir, "results.json"),
                                  {"status": "failed", "error": f"seed {s}: {e}",
@@ -264,7 +272,8 @@ def train_seeds(cfg, data, seeds, cell_dir, options, others=()) -> None:
                 raise
             if not _finished(d):
                 return
-    results.merge_runs(dirs, cell_dir)
+    if all(map(_finished, dirs)):
+        results.merge_runs(dirs, cell_dir)
 
 
 # ---------------------------------------------------------------- rendering

@@ -729,6 +729,30 @@ def test_seed_runs_write_the_cell_the_ensemble_writes(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_a_seed_another_command_trains_is_left_to_it(tmp_path):
+    """Two commands on one table share a cell's seeds: a seed whose workdir
+    another run holds is skipped (the others train), the cell is not written
+    until every seed has finished, and the command that finishes the last
+    one writes it."""
+    from awrsr_jax import files
+
+    (none,) = reproduce.table_entries("2", ["smoke"], ["sasrec"], "smoke",
+                                      mechs=["none"])  # fmt: skip
+    kw = dict(seeds=[0, 1], epochs=2, patience=2, budget="smoke", seed_runs=True)
+    reproduce.run_table("2", [none], str(tmp_path), cell_minutes=0, **kw)
+    (cell,) = (tmp_path / "cells").iterdir()  # seed 0 started, then stopped
+    log = io.StringIO()
+    with files.WorkdirLock(cell / "seed-0"):  # the other command's seed
+        reproduce.run_table("2", [none], str(tmp_path), log=log, **kw)
+    assert "left to the other run" in log.getvalue()
+    assert reproduce._finished(cell / "seed-1")
+    assert not reproduce._finished(cell / "seed-0")  # stopped by the time limit
+    assert not (cell / "results.json").exists()
+    reproduce.run_table("2", [none], str(tmp_path), **kw)  # the other one ends
+    res = json.loads((cell / "results.json").read_text())
+    assert res["status"] == "ok" and res["epochs_run"] == [2, 2]
+
+
 def test_a_raised_cap_continues_the_seed_runs(tmp_path):
     """A seed run ended by the epoch cap goes on under a raised cap in the new
     cell (from its checkpoint), and gives the run a higher cap gives at once."""

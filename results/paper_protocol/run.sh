@@ -87,10 +87,13 @@ cmp -s "$S2/original.json" "$P/search/$TAG-sasrec-stage2/original.json" ||
 # or seed is copied (without checkpoints) to $P/table2/TAG/ to commit, and a
 # committed one back into runs/ first, so a fresh checkout goes on with the
 # first unfinished seed. CELL_MINUTES, when set, ends each run's training
-# after that many minutes (the same command continues it).
+# after that many minutes (the same command continues it). MECHS sets the
+# order of the cells: a second command on the same dataset, say with
+# MECHS="add value simp none", shares the table with the first, as a seed
+# that one command trains is left to it by the other.
 T=$P/table2/$TAG R=runs/paper/reproduce/$TAG
 proto sync-cells "$T" "$R"
-for MECH in none simp value add; do
+for MECH in ${MECHS:-none simp value add}; do
   python -m experiments.reproduce --table=2 --datasets="$DATA" --backbones=sasrec --seeds=5 \
     --tuned=$P/search/$TAG-sasrec-stage2/original.json --epochs=$EPOCHS --patience=60 \
     --report_patience=20 --mechs=$MECH --seed_runs --out="$R" ${CELL_MINUTES:+--cell_minutes=$CELL_MINUTES}
