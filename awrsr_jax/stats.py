@@ -117,6 +117,21 @@ def stars(p: float | None) -> str:
     return "**" if p < 0.01 else "*" if p < 0.05 else ""
 
 
+def holm(pvals) -> list:
+    """Holm's step-down adjustment of a family of p-values (None entries
+    are left out of the family and stay None): the i-th smallest of the m
+    is multiplied by ``m - i`` (i from 0), made monotone, capped at 1. The
+    family-wise error is held at the level of the adjusted p whatever the
+    dependence between the tests (several mechanisms against one Original)."""
+    idx = sorted((i for i, p in enumerate(pvals) if p is not None),
+                 key=lambda i: pvals[i])  # fmt: skip
+    out, run = list(pvals), 0.0
+    for rank, i in enumerate(idx):
+        run = max(run, min(1.0, (len(idx) - rank) * float(pvals[i])))
+        out[i] = run
+    return out
+
+
 def summarize(
     test_dicts,
     ranks_KxU,

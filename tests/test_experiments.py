@@ -301,6 +301,26 @@ def test_render_table2_values(tmp_path):
     assert "(patience 20, at most 200 epochs)" in md
 
 
+def test_table2_adjusts_the_seed_p_over_its_mechanisms(tmp_path):
+    """p Holm over a block's two mechanisms, by hand: the smaller p doubled,
+    the larger kept unless below that (Original has none)."""
+    both = np.minimum(RANKS["add"], RANKS["none"])
+    write_fake_cells(tmp_path, specs=[("none", 1, "scores", RANKS["none"]),
+                                      ("add", 1, "scores", RANKS["add"]),
+                                      ("simp", 1, "scores", both)])  # fmt: skip
+    md_path, sum_path = reproduce.render(tmp_path, "2", tmp_path / "out")
+    rows = {r["mech"]: r for r in json.loads(open(sum_path).read())}
+    pa, ps = rows["add"]["p"]["NDCG@5"], rows["simp"]["p"]["NDCG@5"]
+    lo, hi = sorted([pa, ps])
+    want = {lo: min(1.0, 2 * lo), hi: max(min(1.0, 2 * lo), hi)}
+    assert rows["add"]["p_holm_NDCG@5"] == pytest.approx(want[pa])
+    assert rows["simp"]["p_holm_NDCG@5"] == pytest.approx(want[ps])
+    assert rows["none"]["p_holm_NDCG@5"] is None
+    md = open(md_path).read()
+    assert "| p seeds | p Holm | p users |" in md
+    assert f"| {pa:.3f} | {want[pa]:.3f} |" in md.split("| add |")[1]
+
+
 def test_a_prepared_dataset_says_whether_it_is_the_papers(tmp_path):
     def prepared(name, users, items, interactions):
         d = tmp_path / name

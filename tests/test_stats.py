@@ -57,6 +57,17 @@ def test_improvement_and_stars():
 # --- seed-level paired t-test ---
 
 
+def test_holm_hand_numbers():
+    """p = 0.01, 0.04, 0.03 (m = 3): 0.01 * 3 = 0.03; 0.03 * 2 = 0.06;
+    0.04 * 1 = 0.04, raised to 0.06 to keep the order; None stays out of the
+    family; a product above 1 is capped."""
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    a, b, c, d = stats.holm([None, 0.027, 0.33, None])
+    assert a is None and d is None and (b, c) == pytest.approx((0.054, 0.33))
+    assert stats.holm([0.6, 0.5]) == [1.0, 1.0]
+    assert stats.holm([]) == [] and stats.holm([None]) == [None]
+
+
 def test_seed_paired_test_hand_numbers():
     base = np.array([0.10, 0.20, 0.30])
     new = base + np.array([0.01, 0.02, 0.03])
