@@ -419,7 +419,12 @@ def render_table2(info, cells):
         table = []
         vss = [_vs((r, k), base if e["mech"] != "none" else None) for e, r, k in block]
         ps = [(vs or {}).get("p", {}).get("NDCG@5") for vs in vss]
-        for (e, r, _), vs, p, p_holm in zip(block, vss, ps, stats.holm(ps)):
+        # the family: every mechanism of the block; one without a p yet counts
+        # as p = 1 (conservative until it arrives)
+        fam = stats.holm([None if e["mech"] == "none" else 1.0 if p is None else p
+                          for (e, _, _), p in zip(block, ps)])  # fmt: skip
+        holms = [h if p is not None else None for p, h in zip(ps, fam)]
+        for (e, r, _), vs, p, p_holm in zip(block, vss, ps, holms):
             paper = PAPER_TABLE2.get((ds, bb, e["mech"]), {})
             user = (vs or {}).get("user_level_conditional")
             table.append([e["mech"], len(r["seeds"]) if r else "–",
@@ -435,8 +440,9 @@ def render_table2(info, cells):
         "paper: Liu et al. 2024, Table 2 (awrsr_jax/paper.py), only where the "
         "value could be read ('–' otherwise; never filled in by us). Epochs: "
         "run by the cell, and each seed's best validation epoch (0-based). "
-        "p Holm: 'p seeds' adjusted (Holm) over the mechanisms of the block "
-        "that have one, for the question whether any of them beats Original."
+        "p Holm: 'p seeds' adjusted (Holm) over the block's mechanisms, for "
+        "the question whether any of them beats Original (one without a result "
+        "yet counts as p = 1)."
     )
     return "\n".join(lines) + "\n", summary
 

@@ -303,7 +303,8 @@ def test_render_table2_values(tmp_path):
 
 def test_table2_adjusts_the_seed_p_over_its_mechanisms(tmp_path):
     """p Holm over a block's two mechanisms, by hand: the smaller p doubled,
-    the larger kept unless below that (Original has none)."""
+    the larger kept unless below that (Original has none); a mechanism
+    without a result yet counts as p = 1."""
     both = np.minimum(RANKS["add"], RANKS["none"])
     write_fake_cells(tmp_path, specs=[("none", 1, "scores", RANKS["none"]),
                                       ("add", 1, "scores", RANKS["add"]),
@@ -319,6 +320,12 @@ def test_table2_adjusts_the_seed_p_over_its_mechanisms(tmp_path):
     md = open(md_path).read()
     assert "| p seeds | p Holm | p users |" in md
     assert f"| {pa:.3f} | {want[pa]:.3f} |" in md.split("| add |")[1]
+
+    shutil.rmtree(tmp_path / "cells" / "simp-1-scores")  # its result is missing
+    md_path, sum_path = reproduce.render(tmp_path, "2", tmp_path / "out")
+    rows = {r["mech"]: r for r in json.loads(open(sum_path).read())}
+    assert rows["add"]["p_holm_NDCG@5"] == pytest.approx(min(1.0, 2 * pa))
+    assert rows["simp"]["p_holm_NDCG@5"] is None
 
 
 def test_a_prepared_dataset_says_whether_it_is_the_papers(tmp_path):
