@@ -143,9 +143,11 @@ def cell_name(dataset: str, cfg: Config, data_id: str, seeds) -> str:
     return f"{label}-{cfg.backbone}-{cfg.mech}-L{cfg.layers}-{cfg.refine_input}-{h}"
 
 
-def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
+def write_manifest(out, table, specs, *, budget, seeds, command, tuned=()) -> str:
     """``table<N>.json``: merged with an existing one, so commands that each
-    train part of a table (say one dataset each) add up to the whole table."""
+    train part of a table (say one dataset each) add up to the whole table.
+    A ``--tuned`` file's ``search`` (what chose its configuration) is kept
+    under ``search``, keyed ``"<dataset> / <backbone>"``."""
     path = os.path.join(out, f"table{table}.json")
     os.makedirs(out, exist_ok=True)
     with files.held(os.path.join(out, f".table{table}.lock")):  # two commands
@@ -159,8 +161,13 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
                      cell=f"cells/{name}")  # fmt: skip
             merged[results.entry_key(e)] = e
         commands = [c for c in old.get("commands", []) if c != command] + [command]
+        search = old.get("search", {}) | {
+            f"{t['dataset']} / {t['backbone']}": t["search"]
+            for t in tuned if "search" in t
+        }  # fmt: skip
         info = dict(table=table, budget=budget, seeds=list(seeds),
-                    commands=commands, entries=list(merged.values()))  # fmt: skip
+                    commands=commands, entries=list(merged.values()),
+                    **({"search": search} if search else {}))  # fmt: skip
         files.write_json(path, info)
     return path
 
@@ -168,7 +175,7 @@ def write_manifest(out, table, specs, *, budget, seeds, command) -> str:
 def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
               report_patience=0, budget="gpu", command="", max_minutes=None,
               cell_minutes=None, seed_runs=False, checkpoint_every=1,
-              log=sys.stderr) -> str:  # fmt: skip
+              tuned=(), log=sys.stderr) -> str:  # fmt: skip
     """Trains every unfinished cell of ``entries`` (each an ordinary workdir
     under ``<out>/cells/``, through :func:`awrsr_jax.runner.run`). The
     manifest is written first, so a table can be rendered from whatever
@@ -189,7 +196,7 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
             loaded[ds] = datasets.load(ds)
         specs.append((ds, cfg, cell_name(ds, cfg, loaded[ds].sha256, seeds)))
     path = write_manifest(out, table, specs, budget=budget, seeds=seeds,
-                          command=command)  # fmt: skip
+                          command=command, tuned=tuned)  # fmt: skip
     t0 = time.perf_counter()
     options = runner.Options(max_minutes=cell_minutes, progress="lines",
                              attention=True, log=log,
@@ -372,6 +379,7 @@ def _header(title, info, rows) -> list[str]:
         "shown for reference only.",
         "",
         *(f"- config {ds} / {bb}: {c}" for (ds, bb), c in shapes.items()),
+        *(f"- search {k}: {v}" for k, v in info.get("search", {}).items()),
         *_data_lines(dict.fromkeys(e["dataset"] for e, _, _ in rows)),
         "",
     ] + ([
@@ -702,7 +710,7 @@ def main(argv):
                       eval_every=f.eval_every, report_patience=f.report_patience,
                       budget=f.budget, command=command,
                       max_minutes=f.max_minutes, seed_runs=f.seed_runs,
-                      checkpoint_every=f.checkpoint_every,
+                      checkpoint_every=f.checkpoint_every, tuned=tuned,
                       cell_minutes=b["cell_minutes"] if f.cell_minutes is None
                       else f.cell_minutes)  # fmt: skip
         try:

@@ -301,6 +301,21 @@ def test_render_table2_values(tmp_path):
     assert "(patience 20, at most 200 epochs)" in md
 
 
+def test_the_search_of_a_tuned_file_reaches_the_header(tmp_path):
+    """A --tuned file's ``search`` is kept in the manifest (a later command
+    without it keeps it) and printed in the table's header."""
+    write_fake_cells(tmp_path)
+    tuned = [{"dataset": "toy", "backbone": "sasrec", "search": "stage 1 (9 configs)"}]
+    kw = dict(budget="smoke", seeds=[0, 1])
+    reproduce.write_manifest(tmp_path, "2", [], command="a", tuned=tuned, **kw)
+    reproduce.write_manifest(tmp_path, "2", [], command="b", **kw)
+    info = json.loads((tmp_path / "table2.json").read_text())
+    assert info["search"] == {"toy / sasrec": "stage 1 (9 configs)"}
+    assert len(info["entries"]) == 2 and info["commands"][-2:] == ["a", "b"]
+    md = open(reproduce.render(tmp_path, "2", tmp_path / "out")[0]).read()
+    assert "\n- search toy / sasrec: stage 1 (9 configs)\n" in md
+
+
 def test_table2_adjusts_the_seed_p_over_its_mechanisms(tmp_path):
     """p Holm over a block's two mechanisms, by hand: the smaller p doubled,
     the larger kept unless below that (Original has none); a mechanism

@@ -29,6 +29,28 @@ def _row(h, lr, ndcg, epochs_run, cap=200, **cfg):
     }
 
 
+def test_searched_says_what_the_rows_searched(tmp_path):
+    """Stage 1 a 2 x 2 product; stage 2 one key at a time (3 configs, the
+    lr 1e-4 one twice, continued under a larger cap: one config)."""
+    fix = dict(layers=1, seed=0, patience=20, max_len=50, hidden=64, heads=1)
+    one = [_row(f"s{i}", 1e-3, 0.02, 80, **fix, l2=l2, dropout=dr)
+           for i, (l2, dr) in enumerate([(0.1, 0.3), (0.1, 0.5), (0.001, 0.3),
+                                         (0.001, 0.5)])]  # fmt: skip
+    two = [_row("a", 1e-3, 0.02, 80, **{**fix, "max_len": 20}, l2=0.001, dropout=0.5),
+           _row("b", 1e-3, 0.02, 80, **fix, l2=0.001, dropout=0.5),
+           _row("c", 1e-4, 0.02, 200, **fix, l2=0.001, dropout=0.5),
+           _row("d", 1e-4, 0.02, 230, cap=400, **fix, l2=0.001, dropout=0.5)]  # fmt: skip
+    (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()
+    s1, s2 = _stage(tmp_path / "1", one, one[0]), _stage(tmp_path / "2", two, two[0])
+    assert protocol.searched(s1, s2) == (
+        "Original searched on validation NDCG@5, one run per config (layers 1, "
+        "seed 0, epochs 200/400, patience 20); stage 1 (4 configs): l2 0.001/0.1 "
+        "x dropout 0.3/0.5 at max_len 50, hidden 64, heads 1, lr 0.001; stage 2 "
+        "(3 configs): one key at a time from the previous best: max_len 20/50, "
+        "lr 0.0001/0.001 at l2 0.001, dropout 0.5, hidden 64, heads 1"
+    )
+
+
 def _stage(tmp_path, rows, best):
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     info = {"dataset": "beauty", "backbone": "sasrec", **best}

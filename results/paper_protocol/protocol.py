@@ -9,11 +9,13 @@ python results/paper_protocol/protocol.py continue STAGE2 MAX_LEN HIDDEN HEADS
     exit 0 if lr 1e-4 should go on to a 400-epoch cap (the stage-3 rule
     in PROGRESS.md: it ended at the 200 cap more than 0.001 above lr
     1e-3 in validation NDCG@5), else 1
-python results/paper_protocol/protocol.py original STAGE2 MAX_LEN HIDDEN HEADS
+python results/paper_protocol/protocol.py original STAGE2 MAX_LEN HIDDEN HEADS [STAGE1]
     prints Original's configuration as a best.json (for reproduce
     --tuned): the better of lr 1e-3 and lr 1e-4 at stage 3, where an lr
     1e-4 run cut by the 200 cap within 0.001 of lr 1e-3 counts as a tie
-    resolved for lr 1e-3, the one that converged
+    resolved for lr 1e-3, the one that converged; with STAGE1, its
+    ``search`` says what the stages searched (reproduce prints it in the
+    table's header)
 python results/paper_protocol/protocol.py sync-cells SRC DST
     copies the finished cells of reproduce folder SRC (results.json
     written, not ended by a time limit), and the finished seed runs of a
@@ -26,6 +28,7 @@ python results/paper_protocol/protocol.py sync-cells SRC DST
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -80,6 +83,44 @@ def original(d, *cfg) -> dict:
         **{k: info[k] for k in ("dataset", "backbone")},
         **{k: pick[k] for k in keep},
     }
+
+
+SEARCHED = ("l2", "dropout", "max_len", "hidden", "heads", "lr")
+
+
+def _values(rows, key) -> str:
+    return "/".join(f"{v:g}" for v in sorted({r["config"][key] for r in rows}))
+
+
+def searched(*stages) -> str:
+    """What the stage folders' ``results.jsonl`` rows searched, read from the
+    rows: per stage the number of configs, the keys that vary (a full
+    product, or one key at a time) and those held fixed, and the seeds,
+    layers, caps and patience of its runs."""
+    parts, every = [], []
+    for i, d in enumerate(stages, 1):
+        rows = [r for r in _rows(d) if r["status"] == "ok"]
+        every += rows
+        n = len({tuple(r["config"][k] for k in SEARCHED) for r in rows})
+        sizes = {k: len({r["config"][k] for r in rows}) for k in SEARCHED}
+        vary = [k for k in SEARCHED if sizes[k] > 1]
+        fixed = [f"{k} {_values(rows, k)}" for k in SEARCHED if k not in vary]
+        keys = [f"{k} {_values(rows, k)}" for k in vary]
+        if n == math.prod(sizes[k] for k in vary):
+            desc = " x ".join(keys)
+        else:
+            desc = "one key at a time from the previous best: " + ", ".join(keys)
+        parts.append(
+            f"stage {i} ({n} configs): {desc}"
+            + (f" at {', '.join(fixed)}" if fixed else "")
+        )
+    common = ", ".join(
+        f"{k} {_values(every, k)}" for k in ("layers", "seed", "epochs", "patience")
+    )
+    return (
+        f"Original searched on validation NDCG@5, one run per config "
+        f"({common}); " + "; ".join(parts)
+    )
 
 
 def _finished(cell):
@@ -155,7 +196,10 @@ def main(argv):
         for name in sync_cells(d, rest[0]):
             print(f"{d} -> {rest[0]}: {name}")
     elif cmd == "original":
-        print(json.dumps(original(d, *rest), indent=2, sort_keys=True))
+        info = original(d, *rest[:3])
+        if rest[3:]:
+            info["search"] = searched(rest[3], d)
+        print(json.dumps(info, indent=2, sort_keys=True))
     else:
         raise SystemExit(f"unknown command {cmd!r}")
     return 0

@@ -75,7 +75,7 @@ if proto continue "$S2" "$ML" "$H" "$HD"; then
   grid --space=$P/stage3b_space.json --set=$SET3,epochs=400 --out="$S2"
 fi
 sync_out "$S2" stage2
-proto original "$S2" "$ML" "$H" "$HD" > "$S2/original.json"
+proto original "$S2" "$ML" "$H" "$HD" "$S1" > "$S2/original.json"
 cmp -s "$S2/original.json" "$P/search/$TAG-sasrec-stage2/original.json" ||
   cp "$S2/original.json" "$P/search/$TAG-sasrec-stage2/original.json"
 
