@@ -343,7 +343,8 @@ def _header(title, info, rows) -> list[str]:
     hw = sorted({f"{r['device']} ({r['platform']}, "
                  + (f"{r['cpus']} CPU cores, " if "cpus" in r else "")
                  + f"jax {r['jax']})" for r in done})  # fmt: skip
-    cfg = done[0]["config"] if done else {}
+    stop = {k: "/".join(map(str, sorted({r["config"][k] for r in done})))
+            for k in ("patience", "epochs")}  # fmt: skip
     cut = [f"{e['dataset']} / {e['backbone']} / {e['mech']}, {e['layers']} layer(s), "
            f"{e['refine_input']} (seeds {cut_seeds(r)}, {max(results.seed_epochs(r))} epochs)"
            for e, r, _ in rows if r is not None and cut_seeds(r)]  # fmt: skip
@@ -366,7 +367,7 @@ def _header(title, info, rows) -> list[str]:
         "Protocol: leave-one-out (valid = second-last item, test = last); full "
         "ranking over all items with the user's history removed, ties counted "
         "against the model; each seed selected on validation NDCG@5 ("
-        + (f"patience {cfg['patience']}, at most {cfg['epochs']} epochs" if cfg
+        + (f"patience {stop['patience']}, at most {stop['epochs']} epochs" if done
            else "patience and epoch cap: no cell has finished")  # fmt: skip
         + "); test metrics "
         "at the best validation epoch. Values: mean ± sample sd over seeds. "
@@ -529,7 +530,7 @@ RENDER = {"2": render_table2, "3": render_table3, "refine": render_refine}
 def load_tables(results_dirs, table) -> tuple[dict, list]:
     """:func:`awrsr_jax.results.load_manifest` of one folder, or of several
     (a list or a comma-separated string: say one per dataset) as one table:
-    their cells in folder order and their commands together."""
+    their cells in folder order, their commands and searches together."""
     loaded = [
         (info, cells) for _, info, cells in results.load_manifests(results_dirs, table)
     ]
@@ -538,6 +539,7 @@ def load_tables(results_dirs, table) -> tuple[dict, list]:
     info = dict(
         infos[0],
         commands=[c for i in infos for c in i["commands"]],
+        search={k: v for i in infos for k, v in i.get("search", {}).items()},
         **{k: v[0] if len(v) == 1 else " / ".join(v) for k, v in joined.items()},
     )
     return info, [cell for _, cells in loaded for cell in cells]

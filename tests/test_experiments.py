@@ -427,7 +427,12 @@ def test_several_result_folders_render_as_one_table(tmp_path):
     for e in info["entries"]:
         e["dataset"] = "toy2"
     info["commands"] = ["cmd2"]
+    info["search"] = {"toy2 / sasrec": "stage 1 (4 configs)"}
     (tmp_path / "b" / "table2.json").write_text(json.dumps(info))
+    for cfg in (tmp_path / "b" / "cells").glob("*/config.json"):  # a higher cap
+        ident = json.loads(cfg.read_text())
+        ident["config"]["epochs"] = 1000
+        cfg.write_text(json.dumps(ident))
     dirs = f"{tmp_path / 'a'},{tmp_path / 'b'}"
     md_path, sum_path = reproduce.render(dirs, "2", tmp_path / "out")
     rows = json.loads(open(sum_path).read())
@@ -437,6 +442,8 @@ def test_several_result_folders_render_as_one_table(tmp_path):
     md = open(md_path).read()
     assert "## toy / sasrec" in md and "## toy2 / sasrec" in md
     assert "Commands: `cmd`; `cmd2` (budget `smoke`, seeds [0, 1])" in md
+    assert "(patience 20, at most 200/1000 epochs)" in md
+    assert "\n- search toy2 / sasrec: stage 1 (4 configs)\n" in md
     twice = f"{tmp_path / 'a'},{tmp_path / 'b'},{tmp_path / 'a'}"  # a row twice
     for make in (lambda: reproduce.render(twice, "2", tmp_path / "x"),
                  lambda: figures._panels(twice)):  # fmt: skip
