@@ -40,7 +40,8 @@ def test_searched_says_what_the_rows_searched(tmp_path):
            _row("b", 1e-3, 0.02, 80, **fix, l2=0.001, dropout=0.5),
            _row("c", 1e-4, 0.02, 200, **fix, l2=0.001, dropout=0.5),
            _row("d", 1e-4, 0.02, 230, cap=400, **fix, l2=0.001, dropout=0.5)]  # fmt: skip
-    (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
     s1, s2 = _stage(tmp_path / "1", one, one[0]), _stage(tmp_path / "2", two, two[0])
     assert protocol.searched(s1, s2) == (
         "Original searched on validation NDCG@5, one run per config (layers 1, "
