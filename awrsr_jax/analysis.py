@@ -76,3 +76,48 @@ def markdown_table(header, rows) -> list[str]:
     """A Markdown table's lines."""
     out = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     return out + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+# -------------------------------------------------------------- user groups
+
+USER_FEATURES = {
+    "history": "test input length (items before the test target, before "
+    "truncation to max_len)",
+    "popularity": "the test target's count in what training and validation "
+    "show (every sequence without its test target)",
+}
+
+
+def user_features(seqs: dict) -> dict[str, np.ndarray]:
+    """``{name: int64[Ue]}`` for each of :data:`USER_FEATURES`, over the
+    evaluated users in the order of their test ranks (``data.build``'s: the
+    users with at least 3 items, in ``seqs`` order)."""
+    from collections import Counter
+
+    from awrsr_jax.data.dataset import leave_one_out
+
+    _, _, test = leave_one_out(seqs)
+    counts = Counter(i for s in seqs.values() for i in s)
+    counts.subtract(tgt for _, tgt in test.values())
+    return {
+        "history": np.array([len(inp) for inp, _ in test.values()], np.int64),
+        "popularity": np.array([counts[t] for _, t in test.values()], np.int64),
+    }
+
+
+def quantile_groups(values, n: int) -> tuple[np.ndarray, list]:
+    """Users split at the ``k/n`` quantiles of ``values`` (k = 1..n-1): group
+    ``g`` holds ``cut[g-1] < v <= cut[g]``, so equal values share a group
+    and ties may leave fewer than ``n`` groups (repeated cuts are dropped).
+    Returns ``(int[U] group of each user, [(min, max) of each group]))``."""
+    v = np.asarray(values)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"values must be a non-empty 1-d array, got shape {v.shape}")
+    if n < 1:
+        raise ValueError(f"need at least 1 group, got {n}")
+    qs = np.quantile(v, np.arange(1, n) / n, method="lower") if n > 1 else []
+    cuts = np.unique([c for c in qs if c < v.max()])
+    group = np.searchsorted(cuts, v, side="left")
+    ranges = [(v[group == g].min().item(), v[group == g].max().item())
+              for g in range(len(cuts) + 1)]  # fmt: skip
+    return group, ranges
