@@ -61,11 +61,7 @@ def _sequences(entry, run, cache) -> dict:
 
 def _per_seed_groups(ranks_KxU, group_U, n_groups, metric) -> np.ndarray:
     """``float64[G, K]``: each seed's mean ``metric`` over each group's users."""
-    import jax.numpy as jnp
-
-    from awrsr_jax.ops.metrics import rank_metrics
-
-    vals = np.asarray(rank_metrics(jnp.asarray(ranks_KxU))[metric], np.float64)
+    vals = stats.user_values(ranks_KxU, (metric,))[metric]
     return np.stack([vals[:, group_U == g].mean(1) for g in range(n_groups)])
 
 
