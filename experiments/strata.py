@@ -101,10 +101,10 @@ def block_strata(cells, seqs, by, n_groups, metric="NDCG@5") -> list[dict]:
                                            base_seeds=base_seeds)  # fmt: skip
                 row |= dict(improvement_pct=t.improvement_pct, p=t.p)
                 tests.append(row)
-                order = [base_seeds.index(s) for s in seeds]
-                rel.append(v[k] / base_v[k][order] - 1)
+                base_k = base_v[k][[base_seeds.index(s) for s in seeds]]
+                rel.append(v[k] / base_k - 1 if np.all(base_k > 0) else None)
             rows.append(row)
-        if rel and g > 1:
+        if g > 1 and rel and rel[0] is not None and rel[-1] is not None:
             t = stats.seed_paired_test(rel[-1], rel[0])
             rows.append(dict(common, group="last vs first",
                              mean_diff_pts=100 * t.mean_diff, p=t.p))  # fmt: skip
@@ -132,12 +132,16 @@ def _blocks(cells) -> list:
     return blocks
 
 
-def _cell(rows, k, metric) -> str:
-    r = next(r for r in rows if r["group"] == k)
+def _cell(rows, k) -> str:
+    """A mechanism's entry for group ``k`` (or the "last vs first" row)."""
+    r = next((r for r in rows if r["group"] == k), None)
+    if r is None:
+        return "–"
     if r["mech"] == "none":
         return f"{r['mean']:.4f} ± {r['sd']:.4f}"
-    return (f"{analysis.fmt(r['improvement_pct'], 1, True)}% "
-            f"(p {r['p']:.3f}, Holm {r['p_holm']:.3f})")  # fmt: skip
+    change = (f"{r['mean_diff_pts']:+.1f} pts" if k == "last vs first"
+              else f"{analysis.fmt(r['improvement_pct'], 1, True)}%")  # fmt: skip
+    return f"{change} (p {r['p']:.3f}, Holm {r['p_holm']:.3f})"
 
 
 def render(results_dirs, *, by=("history", "popularity"), n_groups=3,
@@ -192,13 +196,11 @@ def render(results_dirs, *, by=("history", "popularity"), n_groups=3,
                 r0 = next(r for r in rows if r["group"] == k)
                 lo, hi = r0["range"]
                 table.append([f"{lo}–{hi}" if lo != hi else lo, r0["users"],
-                              *(_cell([r for r in rows if r["mech"] == m], k, metric)
+                              *(_cell([r for r in rows if r["mech"] == m], k)
                                 for m in mechs)])  # fmt: skip
-            last = {r["mech"]: r for r in rows if r["group"] == "last vs first"}
-            if last:
+            if any(r["group"] == "last vs first" for r in rows):
                 table.append(["last vs first", "", "", *(
-                    f"{last[m]['mean_diff_pts']:+.1f} pts (p {last[m]['p']:.3f}, "
-                    f"Holm {last[m]['p_holm']:.3f})"
+                    _cell([r for r in rows if r["mech"] == m], "last vs first")
                     for m in mechs[1:])])  # fmt: skip
             head = [feature, "users", *mechs]
             lines += [f"## {ds} / {bb} / {layers} layer(s) / {ri}: by {feature}", "",

@@ -111,3 +111,22 @@ def test_the_command_writes_its_files_and_refuses_other_data(tmp_path):
     res = run_module("experiments.strata", f"--from_results={tmp_path / 't'}",
                      "--by=age")  # fmt: skip
     assert "--by=age: choose from history, popularity" in res.stderr
+
+
+def test_a_zero_original_group_gives_no_relative_change():
+    def run(name, ranks):
+        cfg = dict(data_sha256="x", seeds=[0, 1], config={"patience": 60})
+        return {"dir": name, "config": cfg, "ranks": np.array(ranks)}
+
+    def entry(mech):
+        return dict(dataset="toy", backbone="sasrec", mech=mech, layers=1)
+
+    zero_last = [[1, 30, 3, 30, 30, 30], [1, 30, 1, 30, 3, 30]]  # seed 0: group 2 is 0
+    rows = strata.block_strata(
+        [(entry("none"), run("n", zero_last)), (entry("add"), run("a", list(ADD.values())))],
+        SEQS, "history", 3,
+    )  # fmt: skip
+    add = {r["group"]: r for r in rows if r["mech"] == "add"}
+    assert "last vs first" not in add  # no relative change against a 0
+    # group 2 means: add (.75 + .5) / 2 against none (0 + .25) / 2
+    assert add[2]["improvement_pct"] == pytest.approx(100 * (0.625 / 0.125 - 1))
