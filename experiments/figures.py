@@ -17,7 +17,11 @@ enough); ``--budget=smoke`` first trains a tiny Table 2 into ``--from_results``
   :func:`awrsr_jax.analysis.attention_maps`).
   Masked entries (future or padding) are blank.
 * ``fig4_valid_ndcg.png``: validation NDCG@5 per epoch (mean over the seeds
-  still training at that epoch).
+  still training at that epoch), and ``fig4_valid_by_epoch.md``, its numbers
+  as a test of learning speed: each seed's best validation NDCG@5 reached by
+  epochs 10, 20, 50, 100, 200 (a seed stopped earlier keeps its best), mean
+  +- sd per mechanism and, against Original, the change of the means with a
+  paired t-test over seeds (:func:`awrsr_jax.stats.seed_paired_test`).
 * ``fig5_grad_norm.png``: seed 0's global gradient norm (mean over an epoch's
   steps) over its last 50 epochs, i.e. up to early stopping.
 
@@ -33,10 +37,11 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from awrsr_jax import results
-from awrsr_jax.analysis import LAST, ndcg_at
+from awrsr_jax import files, results, stats
+from awrsr_jax.analysis import LAST, fmt, markdown_table, ndcg_at
 
 TAIL = 50  # epochs shown in Figure 5
+EARLY = (10, 20, 50, 100, 200)  # epochs of fig4_valid_by_epoch.md
 
 
 def valid_curve(records) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +52,61 @@ def valid_curve(records) -> tuple[np.ndarray, np.ndarray]:
             by.setdefault(r["epoch"], []).append(r["valid"]["NDCG@5"])
     epochs = np.array(sorted(by))
     return epochs, np.array([np.mean(by[e]) for e in epochs])
+
+
+def best_by_epoch(records, epochs=EARLY) -> np.ndarray:
+    """``float64[members, len(epochs)]``: each member's best validation
+    NDCG@5 over its epochs before ``E`` (0-based epochs ``0 .. E-1``) for each
+    ``E``; NaN before its first validation."""
+    own = {}
+    for r in records:
+        if "valid" in r:
+            own.setdefault(r["member"], []).append((r["epoch"], r["valid"]["NDCG@5"]))
+    out = np.full((len(own), len(epochs)), np.nan)
+    for m in sorted(own):
+        ep, val = np.array(sorted(own[m])).T
+        for j, e in enumerate(epochs):
+            if (ep < e).any():
+                out[m, j] = val[ep < e].max()
+    return out
+
+
+def valid_by_epoch(panels, epochs=EARLY) -> list[str]:
+    """``fig4_valid_by_epoch.md``'s lines (see the module docstring)."""
+    lines = ["# Best validation NDCG@5 reached by each epoch, over seeds", "",
+             "The numbers behind fig4_valid_ndcg.png (`python -m experiments.figures`): "
+             "per mechanism mean ± sd over seeds of each seed's best validation "
+             "NDCG@5 before epoch E (a seed that stopped earlier keeps its best); "
+             "against Original the change of the means, the paired t-test over "
+             "seeds, and its p adjusted (Holm) over the panel's mechanisms x "
+             "epochs. A mechanism ahead early but level later learns faster "
+             "without ending higher.", ""]  # fmt: skip
+    for (ds, bb), items in panels.items():
+        vals = {e["mech"]: (e["seeds"], best_by_epoch(results.read_metrics(e["cell"]),
+                                                      epochs))
+                for e, _ in items}  # fmt: skip
+        base = vals.get("none")
+        cells, tests = {}, []
+        for j in range(len(epochs)):
+            for mech, (seeds, v) in vals.items():
+                col = v[:, j]
+                if np.isnan(col).any():
+                    continue
+                cells[j, mech] = [*stats.mean_std(col), None]
+                ok = base and not np.isnan(base[1][:, j]).any() and len(seeds) > 1
+                if mech != "none" and ok:
+                    t = stats.seed_paired_test(col, base[1][:, j], seeds=seeds,
+                                               base_seeds=base[0])  # fmt: skip
+                    tests.append((j, mech, t))
+        for (j, mech, t), p in zip(tests, stats.holm([t.p for _, _, t in tests])):
+            cells[j, mech][2] = (f" ({fmt(t.improvement_pct, 1, True)}%, "
+                                 f"p {t.p:.3f}, Holm {p:.3f})")  # fmt: skip
+        rows = [[ep, *(f"{c[0]:.4f} ± {c[1]:.4f}{c[2] or ''}" if (c := cells.get((j, m)))
+                       else "–" for m in vals)]
+                for j, ep in enumerate(epochs)]  # fmt: skip
+        lines += [f"## {ds} / {bb}", "",
+                  *markdown_table(["epoch E", *vals], rows), ""]  # fmt: skip
+    return lines
 
 
 def grad_tail(records, member: int = 0, tail: int = TAIL):
@@ -96,6 +156,8 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add",
     for name, draw, ylabel, xlabel in grids:
         path = os.path.join(out, f"{name}.png")
         paths[name] = _plot_grid(plt, panels, path, draw, ylabel, xlabel)
+    paths["fig4_valid_by_epoch"] = os.path.join(out, "fig4_valid_by_epoch.md")
+    files.write_text(paths["fig4_valid_by_epoch"], "\n".join(valid_by_epoch(panels)))
 
     key = (dataset, backbone) if dataset else next(iter(panels))
     by_mech = {e["mech"]: e for e, _ in panels.get(key, [])}
@@ -125,7 +187,9 @@ def _panels(results_dir) -> dict:
         for e, run in cells:
             if run is not None and run["results"]["status"] == "ok":
                 key = (e["dataset"], e["backbone"])
-                e = dict(e, cell=os.path.join(d, e["cell"]))
+                e = dict(
+                    e, cell=os.path.join(d, e["cell"]), seeds=results.seeds_of(run)
+                )
                 panels.setdefault(key, []).append((e, run["ranks"]))
     if not panels:
         raise ValueError(f"{results_dir}: no finished Table 2 cells")

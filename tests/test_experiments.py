@@ -19,7 +19,7 @@ import types
 import numpy as np
 import pytest
 
-from awrsr_jax import analysis, checkpoint, datasets, search, stats
+from awrsr_jax import analysis, checkpoint, datasets, files, results, search, stats
 from awrsr_jax import train as train_lib
 from awrsr_jax.config import Config
 from experiments import complexity, figures, grid, reproduce
@@ -533,6 +533,33 @@ def test_figure_helpers():
     assert figures.valid_curve(recs)[1].tolist() == [0.5]
 
 
+def test_best_validation_by_epoch_by_hand():
+    recs = [{"epoch": e, "member": 0, "valid": {"NDCG@5": v}}
+            for e, v in enumerate([0.1, 0.3, 0.2, 0.25])]  # fmt: skip
+    recs += [{"epoch": e, "member": 1, "valid": {"NDCG@5": v}}
+             for e, v in enumerate([0.05, 0.04])]  # stopped after epoch 1  # fmt: skip
+    recs += [{"epoch": 5, "member": 2, "valid": {"NDCG@5": 0.5}}]  # first at epoch 5
+    got = figures.best_by_epoch(recs, epochs=(1, 2, 3, 10))
+    np.testing.assert_array_equal(got, [[0.1, 0.3, 0.3, 0.3],
+                                        [0.05, 0.05, 0.05, 0.05],
+                                        [np.nan, np.nan, np.nan, 0.5]])  # fmt: skip
+
+
+def test_valid_by_epoch_pairs_seeds_against_original(tmp_path):
+    write_fake_cells(tmp_path)  # valid NDCG@5 = 0.01 epoch + member, epochs 0-59
+    recs = results.read_metrics(tmp_path / "cells" / "add-2-scores")
+    for r in recs:  # add: seed 0 0.02 above Original's, seed 1 0.04 above
+        r["valid"]["NDCG@5"] += 0.02 * (r["member"] + 1)
+    files.write_lines(tmp_path / "cells" / "add-2-scores" / "metrics.jsonl", recs)
+    lines = figures.valid_by_epoch(figures._panels(tmp_path))
+    # before epoch 10: Original .09 and 1.09, add .11 and 1.13 (+5.1% of the
+    # means); differences .02 and .04: t = 3 on 1 df, p = 0.205 at every
+    # epoch (after 59 each seed keeps its last value), Holm over 5 epochs: 1
+    assert ("| 10 | 0.5900 ± 0.7071 | 0.6200 ± 0.7212 (+5.1%, p 0.205, Holm 1.000) |"
+            in lines)  # fmt: skip
+    assert lines[-2].startswith("| 200 | 1.0900 ± 0.7071 | 1.1200 ± 0.7212 (+2.8%")
+
+
 def test_make_figures_and_complexity_from_results(tmp_path):
     # add's cell listed first (as when another command trained it): the
     # manifest is read back in the paper's order
@@ -541,9 +568,10 @@ def test_make_figures_and_complexity_from_results(tmp_path):
     )
     paths = figures.make_figures(tmp_path, tmp_path / "fig", mech="add")
     assert [p.rsplit("/", 1)[1] for p in paths] == [
-        "fig2_ndcg_at_n.png", "fig3_attention.png", "fig4_valid_ndcg.png",
-        "fig5_grad_norm.png"]  # fmt: skip
-    assert all(open(p, "rb").read(4) == b"\x89PNG" for p in paths)
+        "fig2_ndcg_at_n.png", "fig3_attention.png", "fig4_valid_by_epoch.md",
+        "fig4_valid_ndcg.png", "fig5_grad_norm.png"]  # fmt: skip
+    pngs = [p for p in paths if p.endswith(".png")]
+    assert all(open(p, "rb").read(4) == b"\x89PNG" for p in pngs)
     rows = complexity.from_results(tmp_path)
     assert [(r["mech"], r["refine_params"], r["members"]) for r in rows] == [
         ("none", 0, 2), ("add", 512, 2)]  # fmt: skip
@@ -560,7 +588,8 @@ def test_figures_from_several_folders_skip_figure3_until_its_cells_finish(tmp_pa
     log = io.StringIO()
     paths = figures.make_figures(b, tmp_path / "fig", log=log)
     assert [p.rsplit("/", 1)[1] for p in paths] == [
-        "fig2_ndcg_at_n.png", "fig4_valid_ndcg.png", "fig5_grad_norm.png"]  # fmt: skip
+        "fig2_ndcg_at_n.png", "fig4_valid_by_epoch.md", "fig4_valid_ndcg.png",
+        "fig5_grad_norm.png"]  # fmt: skip
     assert log.getvalue() == (
         "Figure 3 needs finished none and add cells for ('toy', 'sasrec'): skipped\n"
     )
@@ -577,7 +606,7 @@ def test_figures_from_several_folders_skip_figure3_until_its_cells_finish(tmp_pa
         str(b / "cells" / "none-2-scores")]  # fmt: skip
     assert [e["cell"] for e, _ in panels[("toy", "sasrec")]] == [
         str(a / "cells" / "none-2-scores"), str(a / "cells" / "add-2-scores")]  # fmt: skip
-    assert len(figures.make_figures([a, b], tmp_path / "fig2")) == 4
+    assert len(figures.make_figures([a, b], tmp_path / "fig2")) == 5
 
 
 def test_param_counts_from_shapes():
@@ -611,7 +640,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert (cells[0] / "results.json").stat().st_mtime_ns == stamp
     md_path, _ = reproduce.render(tmp_path, "2", tmp_path)
     assert "## smoke / sasrec" in open(md_path).read()
-    assert len(figures.make_figures(tmp_path, tmp_path / "fig")) == 4
+    assert len(figures.make_figures(tmp_path, tmp_path / "fig")) == 5
 
 
 def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
