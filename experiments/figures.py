@@ -21,7 +21,8 @@ enough); ``--budget=smoke`` first trains a tiny Table 2 into ``--from_results``
   as a test of learning speed: each seed's best validation NDCG@5 reached by
   epochs 10, 20, 50, 100, 200 (a seed stopped earlier keeps its best), mean
   +- sd per mechanism and, against Original, the change of the means with a
-  paired t-test over seeds (:func:`awrsr_jax.stats.seed_paired_test`).
+  paired t-test over seeds (:func:`awrsr_jax.stats.seed_paired_test`), its
+  p adjusted (Holm) over the panel's mechanisms x epochs.
 * ``fig5_grad_norm.png``: seed 0's global gradient norm (mean over an epoch's
   steps) over its last 50 epochs, i.e. up to early stopping.
 
@@ -55,7 +56,7 @@ def valid_curve(records) -> tuple[np.ndarray, np.ndarray]:
 
 
 def best_by_epoch(records, epochs=EARLY) -> np.ndarray:
-    """``float64[members, len(epochs)]``: each member's best validation
+    """``float64[members, len(epochs)]`` (members in id order): each member's best validation
     NDCG@5 over its epochs before ``E`` (0-based epochs ``0 .. E-1``) for each
     ``E``; NaN before its first validation."""
     own = {}
@@ -63,11 +64,11 @@ def best_by_epoch(records, epochs=EARLY) -> np.ndarray:
         if "valid" in r:
             own.setdefault(r["member"], []).append((r["epoch"], r["valid"]["NDCG@5"]))
     out = np.full((len(own), len(epochs)), np.nan)
-    for m in sorted(own):
+    for i, m in enumerate(sorted(own)):
         ep, val = np.array(sorted(own[m])).T
         for j, e in enumerate(epochs):
             if (ep < e).any():
-                out[m, j] = val[ep < e].max()
+                out[i, j] = val[ep < e].max()
     return out
 
 
