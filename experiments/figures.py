@@ -56,9 +56,9 @@ def valid_curve(records) -> tuple[np.ndarray, np.ndarray]:
 
 
 def best_by_epoch(records, epochs=EARLY) -> np.ndarray:
-    """``float64[members, len(epochs)]`` (members in id order): each member's best validation
-    NDCG@5 over its epochs before ``E`` (0-based epochs ``0 .. E-1``) for each
-    ``E``; NaN before its first validation."""
+    """``float64[members, len(epochs)]``, members in id order: each one's
+    best validation NDCG@5 over its epochs before ``E`` (0-based epochs
+    ``0 .. E-1``) for each ``E``; NaN before its first validation."""
     own = {}
     for r in records:
         if "valid" in r:
