@@ -65,13 +65,14 @@ def _per_seed_groups(ranks_KxU, group_U, n_groups, metric) -> np.ndarray:
     return np.stack([vals[:, group_U == g].mean(1) for g in range(n_groups)])
 
 
-def block_strata(cells, seqs, by, n_groups, metric="NDCG@5") -> list[dict]:
+def block_strata(cells, features, by, n_groups, metric="NDCG@5") -> list[dict]:
     """Rows of one block (``[(entry, run)]``, its ``none`` first, runs
-    finished) for one feature ``by``: per group and mechanism the per-seed
+    finished) for one feature ``by`` of ``features``
+    (:func:`awrsr_jax.analysis.user_features` of its data): per group and mechanism the per-seed
     values, mean, sd and, against ``none``, the seed-paired test with its
     Holm-adjusted p (family: the block's mechanisms x groups); then per
     mechanism a ``"last vs first"`` row (:mod:`experiments.strata`)."""
-    feature = analysis.user_features(seqs)[by]
+    feature = features[by]
     group, ranges = analysis.quantile_groups(feature, n_groups)
     (base_e, base), *others = cells
     if base_e["mech"] != "none":
@@ -185,10 +186,10 @@ def render(results_dirs, *, by=("history", "popularity"), n_groups=3,
     ]
     out, cache = [], {}
     for (ds, bb, layers, ri), these in blocks:
-        seqs = _sequences(*these[0], cache)
+        features = analysis.user_features(_sequences(*these[0], cache))
         mechs = [e["mech"] for e, _ in these]
         for feature in by:
-            rows = block_strata(these, seqs, feature, n_groups, metric)
+            rows = block_strata(these, features, feature, n_groups, metric)
             out += rows
             groups = sorted({r["group"] for r in rows if r["group"] != "last vs first"})
             table = []

@@ -124,7 +124,7 @@ def test_a_zero_original_group_gives_no_relative_change():
     zero_last = [[1, 30, 3, 30, 30, 30], [1, 30, 1, 30, 3, 30]]  # seed 0: group 2 is 0
     rows = strata.block_strata(
         [(entry("none"), run("n", zero_last)), (entry("add"), run("a", list(ADD.values())))],
-        SEQS, "history", 3,
+        analysis.user_features(SEQS), "history", 3,
     )  # fmt: skip
     add = {r["group"]: r for r in rows if r["mech"] == "add"}
     assert "last vs first" not in add  # no relative change against a 0
