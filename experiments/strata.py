@@ -67,9 +67,9 @@ def _per_seed_groups(ranks_KxU, group_U, n_groups, metric) -> np.ndarray:
 
 def block_strata(cells, features, by, n_groups, metric="NDCG@5") -> list[dict]:
     """Rows of one block (``[(entry, run)]``, its ``none`` first, runs
-    finished) for one feature ``by`` of ``features``
-    (:func:`awrsr_jax.analysis.user_features` of its data): per group and mechanism the per-seed
-    values, mean, sd and, against ``none``, the seed-paired test with its
+    finished) for the feature ``by`` of ``features`` (its data's
+    :func:`awrsr_jax.analysis.user_features`): per group and mechanism the
+    per-seed values, mean, sd and, against ``none``, the seed-paired test with its
     Holm-adjusted p (family: the block's mechanisms x groups); then per
     mechanism a ``"last vs first"`` row (:mod:`experiments.strata`)."""
     feature = features[by]
