@@ -60,7 +60,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from awrsr_jax import analysis, checkpoint, files, parallel, train
 from awrsr_jax.config import Config, validate
@@ -591,24 +590,29 @@ def _train(cfg, built, meta, store, workdir, term, options: Options):
 
 
 class _Progress:
-    """The ``progress`` option: a tqdm bar, a line every N epochs, or nothing."""
+    """The ``progress`` option: a tqdm bar, a line every N epochs, or nothing
+    (tqdm is imported only for the bar: a GPU machine without it trains with
+    ``lines``)."""
 
     def __init__(self, cfg: Config, options: Options, log, start_epoch: int):
         self.mode, self.every, self.log = options.progress, options.progress_every, log
         self.t0 = time.perf_counter()
-        self.bar = tqdm(
-            total=cfg.epochs, initial=start_epoch, desc="epochs", file=log,
-            disable=self.mode != "bar",
-        )  # fmt: skip
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="epochs",
+                            file=log)  # fmt: skip
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
     def epoch_record(self, rec: dict) -> None:
-        if self.mode == "bar" and rec["member"] == 0:
+        if self.bar is not None and rec["member"] == 0:
             self.bar.update(1)
             post = {"loss": f"{rec['loss']:.4f}"}
             if "valid" in rec:

@@ -6,7 +6,7 @@
 Trains the cell at Original's tuned configuration
 (``results/paper_protocol/search/TAG-sasrec-stage2/original.json``) with
 seeds 0..K-1 for 4 epochs in a temporary folder (``experiments.reproduce``,
-as ``run.sh`` does) and prints seed 0's training and validation seconds of
+as ``experiments.protocol`` does) and prints seed 0's training and validation seconds of
 epochs 1-3 (epoch 0 compiles). Compare K against K=1 times K: on the CPU the
 members of a trimmed ensemble train one after another, so K seeds cost about
 K single runs (``results/cpu_bench.md``).

@@ -1,19 +1,17 @@
-"""results/paper_protocol/protocol.py: the stage-3 rule on hand-made rows."""
+"""experiments.protocol: the stage-3 rule on hand-made rows, the commands the
+driver issues (whose ``--set`` strings fix the configs' hashes), and the
+copying of finished runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
+import tarfile
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "protocol", REPO / "results" / "paper_protocol" / "protocol.py"
-)
-protocol = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(protocol)
+from experiments import protocol
+from tests.conftest import run_module
 
 CFG = {"max_len": 50, "hidden": 128, "heads": 2}
 
@@ -96,16 +94,6 @@ def test_stage3_after_the_longer_cap(tmp_path):
     assert protocol.original(d, 50, 128, 2)["hash"] == "a"
 
 
-def test_seed_stage2_copies_stage1_best_row(tmp_path):
-    s1, s2 = tmp_path / "s1", tmp_path / "s2"
-    s1.mkdir()
-    rows = [_row("p", 1e-3, 0.02, 90), _row("q", 1e-3, 0.03, 95)]
-    _stage(s1, rows, rows[1])
-    assert protocol.main(["seed-stage2", str(s1), str(s2)]) == 0
-    got = [json.loads(x) for x in (s2 / "results.jsonl").read_text().splitlines()]
-    assert got == [rows[1]]
-
-
 def _run(cell, results=None):
     (cell / "checkpoints" / "7").mkdir(parents=True)
     (cell / "config.json").write_text(json.dumps({"config": {"mech": cell.name}}))
@@ -149,10 +137,139 @@ def test_sync_cells_copies_finished_cells_without_checkpoints(tmp_path):
     fresh = tmp_path / "fresh"  # a new checkout: committed cells back into runs/
     fresh.mkdir()
     _manifest(fresh, ["none", "simp", "value", "add", "x"])
-    assert protocol.main(["sync-cells", str(kept), str(fresh)]) == 0
+    assert protocol.sync_cells(str(kept), str(fresh)) == [
+        "add/seed-0", "none", "none/seed-4"
+    ]  # fmt: skip
     assert json.loads((fresh / "cells" / "none" / "results.json").read_text()) == {
         "status": "ok"
     }
     # the longer manifest stays
     assert len(json.loads((fresh / "table2.json").read_text())["entries"]) == 5
     assert (fresh / "cells" / "add" / "seed-0" / "results.json").exists()
+
+
+def _grid_row(h, ndcg, epochs_run=80, cap=200, **cfg):
+    base = dict(layers=1, seed=0, patience=20, l2=0.01, dropout=0.5, max_len=50,
+                hidden=64, heads=1, lr=1e-3)  # fmt: skip
+    cfg = {**base, **cfg}
+    return _row(h, cfg.pop("lr"), ndcg, epochs_run, cap, **cfg)
+
+
+class FakeGrid:
+    """Stands in for the subprocesses: records each command; a grid command
+    adds the rows its stage "trains" (``trains[space]``) to ``--out`` and
+    writes best.json and the summaries as the grid would."""
+
+    def __init__(self, trains):
+        self.trains, self.calls = trains, []
+
+    def __call__(self, module, *args):
+        self.calls.append((module, *args))
+        if module != "experiments.grid":
+            return
+        opt = dict(a[2:].split("=", 1) for a in args)
+        out = pathlib.Path(opt["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        space = opt["space"].rsplit("/", 1)[1].removesuffix("_space.json")
+        rows = protocol._rows(out) if (out / "results.jsonl").exists() else []
+        rows += self.trains.get(space, [])
+        _stage(out, rows, max(rows, key=protocol._ndcg))
+        for n in ("summary.md", "summary.csv"):
+            (out / n).write_text(n)
+
+
+def test_driver_issues_the_protocol_commands(tmp_path, monkeypatch):
+    """The search's commands, each ``--set`` from the previous stage's best,
+    stage 2 seeded with stage 1's best row, lr 1e-4 continued to a 400 cap
+    by the rule, original.json in runs/ and committed; then Table 2 seed by
+    seed, and as ensembles with --pack."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    best1 = _grid_row("s1b", 0.030, l2=0.001, dropout=0.3)
+    trains = {
+        "stage1": [_grid_row("s1a", 0.020), best1],
+        "stage2a": [_grid_row("ml20", 0.031, l2=0.001, dropout=0.3, max_len=20)],
+        "stage2b": [
+            _grid_row("h128", 0.029, l2=0.001, dropout=0.3, max_len=20, hidden=128)
+        ],  # fmt: skip
+        "stage2c": [
+            _grid_row("hd2", 0.032, l2=0.001, dropout=0.3, max_len=20, heads=2)
+        ],  # fmt: skip
+        "stage3": [
+            _grid_row(
+                "lr4", 0.0335, 200, l2=0.001, dropout=0.3, max_len=20, heads=2, lr=1e-4
+            )
+        ],  # fmt: skip
+        "stage3b": [
+            _grid_row(
+                "lr4b",
+                0.036,
+                310,
+                400,
+                l2=0.001,
+                dropout=0.3,
+                max_len=20,
+                heads=2,
+                lr=1e-4,
+            )
+        ],  # fmt: skip
+    }
+    fake = FakeGrid(trains)
+    tuned = protocol.search("ml1m", "ml-1m", runs, call=fake)
+    fix = "layers=1,l2=0.001,dropout=0.3,batch_size=128"
+    P = protocol.P
+    s1, s2 = runs / "search/ml1m-sasrec", runs / "search/ml1m-sasrec-stage2"
+    assert fake.calls == [
+        ("experiments.grid", "--backbone=sasrec", "--dataset=ml-1m",
+         f"--space={P}/{space}_space.json", f"--set={fixed}", f"--out={out}")
+        for space, fixed, out in [
+            ("stage1", "layers=1,hidden=64,max_len=50,heads=1,lr=0.001,"
+                       "batch_size=128", s1),
+            ("stage2a", f"{fix},hidden=64,heads=1,lr=0.001", s2),
+            ("stage2b", f"{fix},max_len=20,heads=1,lr=0.001", s2),
+            ("stage2c", f"{fix},max_len=20,hidden=64,lr=0.001", s2),
+            ("stage3", f"{fix},max_len=20,hidden=64,heads=2", s2),
+            ("stage3b", f"{fix},max_len=20,hidden=64,heads=2,epochs=400", s2),
+        ]
+    ]  # fmt: skip
+    assert protocol._rows(s2)[0] == best1  # stage 2 starts from stage 1's best
+    info = json.loads((s2 / "original.json").read_text())
+    assert info["hash"] == "lr4b" and info["search"].startswith("Original searched")
+    assert tuned == f"{P}/search/ml1m-sasrec-stage2/original.json"
+    assert (tmp_path / tuned).read_text() == (s2 / "original.json").read_text()
+    committed = tmp_path / P / "search/ml1m-sasrec-stage1/results.jsonl"
+    assert committed.read_text() == (s1 / "results.jsonl").read_text()
+
+    fake.calls.clear()  # done: the same command trains nothing again
+    protocol.search("ml1m", "ml-1m", runs, call=FakeGrid({}))
+    assert json.loads((s2 / "original.json").read_text()) == info
+
+    kept = tmp_path / "kept"
+    protocol.table2("ml-1m", tuned, "r", str(kept), ["none", "add"], call=fake)
+    common = ("experiments.reproduce", "--table=2", "--datasets=ml-1m",
+              "--backbones=sasrec", "--seeds=5", f"--tuned={tuned}",
+              "--epochs=1000", "--patience=60", "--report_patience=20")  # fmt: skip
+    assert fake.calls == [
+        (*common, f"--mechs={m}", "--seed_runs", "--out=r") for m in ("none", "add")
+    ]
+    fake.calls.clear()
+    _cell(tmp_path / "g", "none", {"status": "ok"})  # a finished ensemble cell
+    protocol.table2("ml-1m", tuned, str(tmp_path / "g"), str(kept), ["none"],
+                    epochs=400, cell_minutes=30, ensemble=True,
+                    pack=str(tmp_path / "out"), tag="ml1m", call=fake)  # fmt: skip
+    assert fake.calls[0][-3:] == (
+        "--checkpoint_every=50", f"--out={tmp_path / 'g'}", "--cell_minutes=30"
+    )  # fmt: skip
+    with tarfile.open(tmp_path / "out" / "ml1m.tgz") as tar:
+        names = tar.getnames()
+    assert f"{str(kept).lstrip('/')}/cells/none/results.json" in names
+    assert not any("checkpoints" in n for n in names)
+
+
+def test_protocol_refuses_bad_flags_naming_them():
+    """Refused before anything runs: a mechanism SASRec lacks, a dataset
+    outside the protocol's three."""
+    got = run_module("experiments.protocol", "--dataset=ml-1m", "--mechs=none,stoc")
+    assert got.returncode != 0 and "--mechs=none,stoc: 'stoc' is not" in got.stderr
+    got = run_module("experiments.protocol", "--dataset=steam")
+    assert got.returncode != 0 and "--dataset" in got.stderr
