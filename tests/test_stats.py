@@ -87,6 +87,46 @@ def test_seed_paired_test_hand_numbers():
     assert (flip.t, flip.p) == (pytest.approx(-t), pytest.approx(res.p))
 
 
+def test_detectable_difference_has_the_power_it_claims():
+    """At the returned difference the test's power is 0.8: by scipy's
+    noncentral t, and by simulating the test itself; it scales with the sd,
+    is 0 at sd 0, and tends to (z_0.975 + z_0.8) sd / sqrt(n) for many pairs."""
+    for n in (3, 5, 10):
+        d = stats.detectable_difference(1.0, n)
+        c, nc = sps.t.ppf(0.975, n - 1), d * math.sqrt(n)
+        got = sps.nct.sf(c, n - 1, nc) + sps.nct.cdf(-c, n - 1, nc)
+        assert got == pytest.approx(0.8, abs=1e-6)
+    rng = np.random.default_rng(0)  # 20,000 paired t-tests over 5 seeds
+    diffs = rng.normal(stats.detectable_difference(0.002, 5), 0.002, (20000, 5))
+    t = diffs.mean(1) / (diffs.std(1, ddof=1) / math.sqrt(5))
+    assert np.mean(np.abs(t) > sps.t.ppf(0.975, 4)) == pytest.approx(0.8, abs=0.012)
+    assert stats.detectable_difference(0.5, 5) == pytest.approx(
+        stats.detectable_difference(1.0, 5) / 2
+    )
+    assert stats.detectable_difference(0.0, 5) == 0.0
+    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)  # 2.8016
+    big = stats.detectable_difference(1.0, 5000) * math.sqrt(5000)
+    assert big == pytest.approx(z, rel=1e-3)
+    assert stats.detectable_difference(1.0, 2) > stats.detectable_difference(1.0, 3)
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        stats.detectable_difference(1.0, 1)
+    with pytest.raises(ValueError, match="power"):
+        stats.detectable_difference(1.0, 5, power=0.01)
+
+
+def test_seed_paired_test_reports_the_detectable_change():
+    """detectable_pct = 100 * detectable_difference(sd_diff, n) / mean_base,
+    on the hand case of test_seed_paired_test_hand_numbers (sd 0.01, n 3,
+    base mean 0.2)."""
+    base = np.array([0.10, 0.20, 0.30])
+    res = stats.seed_paired_test(base + np.array([0.01, 0.02, 0.03]), base)
+    want = 100 * stats.detectable_difference(0.01, 3) / 0.2
+    assert res.detectable_pct == pytest.approx(want)
+    # noncentrality 5.6535 (power 0.8 by scipy.stats.nct, df 2): 5.6535 * 0.01
+    # / sqrt(3) = 0.032640, 16.32% of 0.2
+    assert res.detectable_pct == pytest.approx(16.32, abs=0.005)
+
+
 def test_seed_paired_test_pairs_by_seed_id():
     base = np.array([0.10, 0.20, 0.30, 0.25])
     new = base + np.array([0.01, 0.03, -0.01, 0.02])
