@@ -23,7 +23,8 @@ cell is copied without checkpoints to ``--results`` (default
 copied back first. A second command on the same dataset with another
 ``--mechs`` order shares the table seed by seed.
 
-On a GPU, ``--ensemble`` trains each cell's 5 seeds as one vmapped
+Paths (``--runs``, ``--results``, ``--pack``) are taken from the repository
+root, wherever the command runs. On a GPU, ``--ensemble`` trains each cell's 5 seeds as one vmapped
 ensemble (a save every 50 epochs), ``--nosearch`` takes the committed
 ``original.json`` as it is, and ``--pack=DIR`` writes ``--results`` to
 ``DIR/<tag>.tgz`` after every cell, so a time limit loses only the cell in
@@ -42,7 +43,7 @@ import tarfile
 
 from absl import app, flags
 
-from awrsr_jax import registry
+from awrsr_jax import files, registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 P = "results/paper_protocol"  # the stages' spaces; committed search and tables
@@ -213,31 +214,30 @@ def _entries(manifest) -> int:
         return len(json.load(f)["entries"])
 
 
+def _lines(d) -> list[str]:
+    """``d/results.jsonl``'s lines ([] where there is none)."""
+    path = os.path.join(d, "results.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return f.readlines()
+
+
 def _sync_in(runs_dir, committed):
     """A committed stage -> its runs folder, unless that has as many rows."""
-    src = os.path.join(committed, "results.jsonl")
-    have = os.path.join(runs_dir, "results.jsonl")
-    if os.path.exists(src) and (
-        not os.path.exists(have) or len(_lines(have)) < len(_lines(src))
-    ):
+    if len(_lines(runs_dir)) < len(_lines(committed)):
         os.makedirs(runs_dir, exist_ok=True)
-        shutil.copyfile(src, have)
+        shutil.copyfile(os.path.join(committed, "results.jsonl"),
+                        os.path.join(runs_dir, "results.jsonl"))  # fmt: skip
 
 
 def _sync_out(runs_dir, committed):
     """A stage with new rows -> its committed folder."""
-    src = os.path.join(runs_dir, "results.jsonl")
-    dst = os.path.join(committed, "results.jsonl")
-    if os.path.exists(dst) and _lines(src) == _lines(dst):
+    if _lines(runs_dir) == _lines(committed):
         return
     os.makedirs(committed, exist_ok=True)
     for n in ("results.jsonl", "best.json", "summary.md", "summary.csv"):
         shutil.copyfile(os.path.join(runs_dir, n), os.path.join(committed, n))
-
-
-def _lines(path):
-    with open(path) as f:
-        return f.readlines()
 
 
 def _pack(folder, out, tag):
@@ -283,13 +283,10 @@ def search(tag, data, runs, call=_python) -> str:
     fix = f"layers=1,l2={best(s1, 'l2')},dropout={best(s1, 'dropout')},batch_size=128"
 
     _sync_in(s2, c2)  # stage 2, one key at a time; stage 1's best is 2a's 50
-    if not os.path.exists(os.path.join(s2, "results.jsonl")) or not _lines(
-        os.path.join(s2, "results.jsonl")
-    ):
+    if not _lines(s2):
         (row,) = [r for r in _rows(s1) if r["hash"] == _best(s1)["hash"]]
         os.makedirs(s2, exist_ok=True)
-        with open(os.path.join(s2, "results.jsonl"), "w") as f:
-            f.write(json.dumps(row) + "\n")
+        files.write_text(os.path.join(s2, "results.jsonl"), json.dumps(row) + "\n")
     grid("stage2a", f"{fix},hidden=64,heads=1,lr=0.001", s2)
     _sync_out(s2, c2)
     ml = best(s2, "max_len")
@@ -307,12 +304,10 @@ def search(tag, data, runs, call=_python) -> str:
     _sync_out(s2, c2)
     info = original(s2, ml, hidden, heads)
     info["search"] = searched(s1, s2)
-    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
     for d in (s2, c2):
         path = os.path.join(d, "original.json")
-        if not os.path.exists(path) or open(path).read() != text:
-            with open(path, "w") as f:
-                f.write(text)
+        if not os.path.exists(path) or files.read_json(path) != info:
+            files.write_json(path, info)
     return os.path.join(c2, "original.json")
 
 
@@ -366,7 +361,6 @@ def main(argv):
         registry.check_table_mechs(f.mechs, ["sasrec"])
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    pack = os.path.abspath(f.pack) if f.pack else None
     os.chdir(REPO)
     tag, data = DATASETS[f.dataset]
     if f.dataset == "anime" and not os.path.exists(data):
@@ -378,7 +372,7 @@ def main(argv):
         raise app.UsageError(f"--nosearch: {tuned} does not exist (run the search)")
     table2(data, tuned, os.path.join(f.runs, "reproduce", tag),
            f.results or os.path.join(P, "table2", tag), f.mechs, epochs=f.epochs,
-           cell_minutes=f.cell_minutes, ensemble=f.ensemble, pack=pack, tag=tag)  # fmt: skip
+           cell_minutes=f.cell_minutes, ensemble=f.ensemble, pack=f.pack, tag=tag)  # fmt: skip
 
 
 if __name__ == "__main__":
