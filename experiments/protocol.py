@@ -4,7 +4,9 @@ Search Original at one layer on validation NDCG@5 (stage 1: L2 x dropout;
 stage 2, one key at a time from the previous best: max length, hidden size,
 heads; stage 3: lr 1e-4 beside 1e-3, with the rule of :func:`original`),
 then Table 2: every mechanism at Original's configuration, 5 seeds, patience
-60 with each seed also reported where the paper's patience 20 stops it.
+60 with each seed also reported where the paper's patience 20 stops it;
+then the table is rendered from what has finished (with every cell done,
+also ``experiments.strata`` at both rules and ``experiments.figures``).
 Every step skips finished work, so the same command goes on after a stop::
 
     python -m experiments.protocol --dataset=ml-1m
@@ -26,7 +28,8 @@ copied back first. A second command on the same dataset with another
 Paths (``--runs``, ``--results``, ``--pack``) are taken from the repository
 root, wherever the command runs. On a GPU, ``--ensemble`` trains each cell's 5 seeds as one vmapped
 ensemble (a save every 50 epochs), ``--nosearch`` takes the committed
-``original.json`` as it is, and ``--pack=DIR`` writes ``--results`` to
+``original.json`` as it is, ``--norender`` leaves rendering to a machine
+with scipy and matplotlib, and ``--pack=DIR`` writes ``--results`` to
 ``DIR/<tag>.tgz`` after every cell, so a time limit loses only the cell in
 training (README, "The paper's protocol").
 """
@@ -311,13 +314,30 @@ def search(tag, data, runs, call=_python) -> str:
     return os.path.join(c2, "original.json")
 
 
+def render(results_dir, call=_python) -> None:
+    """Table 2 at both rules from what has finished in ``results_dir``; once
+    every cell of its manifest has, also the by-group tables (both rules)
+    and the figures (``figures/``)."""
+    call("experiments.reproduce", "--table=2", f"--from_results={results_dir}",
+         f"--out={results_dir}")  # fmt: skip
+    with open(os.path.join(results_dir, "table2.json")) as f:
+        cells = [e["cell"] for e in json.load(f)["entries"]]
+    if all(_finished(os.path.join(results_dir, c)) for c in cells):
+        for rule in ((), ("--rule",)):
+            call("experiments.strata", f"--from_results={results_dir}",
+                 f"--out={results_dir}", *rule)  # fmt: skip
+        call("experiments.figures", f"--from_results={results_dir}",
+             f"--out={os.path.join(results_dir, 'figures')}")  # fmt: skip
+
+
 def table2(data, tuned, runs_dir, results_dir, mechs, *, epochs=1000,
-           cell_minutes=None, ensemble=False, pack=None, tag="",
+           cell_minutes=None, ensemble=False, pack=None, tag="", draw=True,
            call=_python) -> None:  # fmt: skip
     """Every mechanism of ``mechs`` at ``tuned``, 5 seeds, one cell after
     another (patience 60, the paper's 20 reported from the same training);
     finished seed runs and cells are synced from ``results_dir`` before and
-    to it after each cell, which ``pack`` then archives."""
+    to it after each cell, which ``pack`` then archives; at the end
+    :func:`render` (unless not ``draw``)."""
     sync_cells(results_dir, runs_dir)
     for mech in mechs:
         call("experiments.reproduce", "--table=2", f"--datasets={data}",
@@ -331,6 +351,8 @@ def table2(data, tuned, runs_dir, results_dir, mechs, *, epochs=1000,
             print(f"{runs_dir} -> {results_dir}: {name}", file=sys.stderr)
         if pack:
             _pack(results_dir, pack, tag)
+    if draw:
+        render(results_dir, call)
 
 
 def define_flags():
@@ -351,6 +373,10 @@ def define_flags():
                         "finished Table 2 runs, to commit (default "
                         "results/paper_protocol/table2/<tag>)")  # fmt: skip
     flags.DEFINE_string("pack", None, "also archive --results as DIR/<tag>.tgz")
+    flags.DEFINE_bool("render", True,
+                      "at the end, render --results' tables (and, once every "
+                      "cell has finished, strata and figures; these need scipy "
+                      "and matplotlib: --norender on a GPU machine)")  # fmt: skip
     flags.mark_flag_as_required("dataset")
 
 
@@ -372,7 +398,8 @@ def main(argv):
         raise app.UsageError(f"--nosearch: {tuned} does not exist (run the search)")
     table2(data, tuned, os.path.join(f.runs, "reproduce", tag),
            f.results or os.path.join(P, "table2", tag), f.mechs, epochs=f.epochs,
-           cell_minutes=f.cell_minutes, ensemble=f.ensemble, pack=f.pack, tag=tag)  # fmt: skip
+           cell_minutes=f.cell_minutes, ensemble=f.ensemble, pack=f.pack, tag=tag,
+           draw=f.render)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -245,7 +245,8 @@ def test_driver_issues_the_protocol_commands(tmp_path, monkeypatch):
     assert json.loads((s2 / "original.json").read_text()) == info
 
     kept = tmp_path / "kept"
-    protocol.table2("ml-1m", tuned, "r", str(kept), ["none", "add"], call=fake)
+    protocol.table2("ml-1m", tuned, "r", str(kept), ["none", "add"], draw=False,
+                    call=fake)  # fmt: skip
     common = ("experiments.reproduce", "--table=2", "--datasets=ml-1m",
               "--backbones=sasrec", "--seeds=5", f"--tuned={tuned}",
               "--epochs=1000", "--patience=60", "--report_patience=20")  # fmt: skip
@@ -256,7 +257,8 @@ def test_driver_issues_the_protocol_commands(tmp_path, monkeypatch):
     _cell(tmp_path / "g", "none", {"status": "ok"})  # a finished ensemble cell
     protocol.table2("ml-1m", tuned, str(tmp_path / "g"), str(kept), ["none"],
                     epochs=400, cell_minutes=30, ensemble=True,
-                    pack=str(tmp_path / "out"), tag="ml1m", call=fake)  # fmt: skip
+                    pack=str(tmp_path / "out"), tag="ml1m", draw=False,
+                    call=fake)  # fmt: skip
     assert fake.calls[0][-3:] == (
         "--checkpoint_every=50", f"--out={tmp_path / 'g'}", "--cell_minutes=30"
     )  # fmt: skip
@@ -264,6 +266,26 @@ def test_driver_issues_the_protocol_commands(tmp_path, monkeypatch):
         names = tar.getnames()
     assert f"{str(kept).lstrip('/')}/cells/none/results.json" in names
     assert not any("checkpoints" in n for n in names)
+
+
+def test_render_draws_strata_and_figures_once_every_cell_has_finished(tmp_path):
+    kept = tmp_path / "kept"
+    _cell(kept, "none", {"status": "ok"})
+    _run(kept / "cells" / "add" / "seed-0", {"status": "ok"})  # cell unfinished
+    _manifest(kept, ["none", "add"])
+    fake = FakeGrid({})
+    protocol.render(str(kept), call=fake)
+    table = ("experiments.reproduce", "--table=2", f"--from_results={kept}",
+             f"--out={kept}")  # fmt: skip
+    assert fake.calls == [table]
+    (kept / "cells" / "add" / "results.json").write_text('{"status": "ok"}')
+    fake.calls.clear()
+    protocol.render(str(kept), call=fake)
+    strata = ("experiments.strata", f"--from_results={kept}", f"--out={kept}")
+    assert fake.calls == [
+        table, strata, (*strata, "--rule"),
+        ("experiments.figures", f"--from_results={kept}", f"--out={kept}/figures"),
+    ]  # fmt: skip
 
 
 def test_protocol_refuses_bad_flags_naming_them():
