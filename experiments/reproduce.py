@@ -444,8 +444,7 @@ def render_table2(info, cells):
                           *(_f(paper.get(m)) for m in METRICS), _epochs(r)])  # fmt: skip
             summary.append(_summary_row(e, r, vs, paper) | {"p_holm_NDCG@5": p_holm})
         head = ["mechanism", "seeds", *METRICS, "Δ% N@5 [95% CI]", "detectable Δ%",
-                "p seeds",
-                "p Holm", "p users", *(f"paper {m}" for m in METRICS),
+                "p seeds", "p Holm", "p users", *(f"paper {m}" for m in METRICS),
                 "epochs run / best"]  # fmt: skip
         lines += [f"## {ds} / {bb}", "", *_md(head, table), ""]
     lines.append(
