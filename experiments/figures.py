@@ -83,8 +83,7 @@ def valid_by_epoch(panels, epochs=EARLY) -> list[str]:
              "epochs. A mechanism ahead early but level later learns faster "
              "without ending higher.", ""]  # fmt: skip
     for (ds, bb), items in panels.items():
-        vals = {e["mech"]: (e["seeds"], best_by_epoch(results.read_metrics(e["cell"]),
-                                                      epochs))
+        vals = {e["mech"]: (e["seeds"], best_by_epoch(e["metrics"], epochs))
                 for e, _ in items}  # fmt: skip
         base = vals.get("none")
         cells, tests = {}, []
@@ -142,15 +141,12 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add",
     panels = _panels(results_dir)
     os.makedirs(out, exist_ok=True)
 
-    def cell_dir(e):
-        return e["cell"]
-
     ns = np.arange(1, 21)
     grids = [
         ("fig2_ndcg_at_n", lambda e, r: (ns, ndcg_at(r, ns)), "test NDCG@N", "N"),
-        ("fig4_valid_ndcg", lambda e, r: valid_curve(results.read_metrics(cell_dir(e))),
+        ("fig4_valid_ndcg", lambda e, r: valid_curve(e["metrics"]),
          "validation NDCG@5", "epoch"),
-        ("fig5_grad_norm", lambda e, r: grad_tail(results.read_metrics(cell_dir(e))),
+        ("fig5_grad_norm", lambda e, r: grad_tail(e["metrics"]),
          "global gradient norm (seed 0)", "epochs before stopping"),
     ]  # fmt: skip
     paths = {}
@@ -172,8 +168,8 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add",
         plt,
         key,
         mech,
-        base_dir=cell_dir(by_mech["none"]),
-        refined_dir=cell_dir(by_mech[mech]),
+        base_dir=by_mech["none"]["cell"],
+        refined_dir=by_mech[mech]["cell"],
         path=os.path.join(out, "fig3_attention.png"),
     )
     return [paths[k] for k in sorted(paths)]
@@ -181,16 +177,17 @@ def make_figures(results_dir, out, *, dataset=None, backbone=None, mech="add",
 
 def _panels(results_dir) -> dict:
     """``{(dataset, backbone): [(entry, ranks), ...]}`` of the finished Table 2
-    cells of one folder or several (each entry's ``cell`` its path); ValueError
+    cells of one folder or several (each entry's ``cell`` its path, ``seeds``
+    and ``metrics``, its ``metrics.jsonl`` records, read once); ValueError
     if there are none, or if two folders hold the same row."""
     panels = {}
     for d, _, cells in results.load_manifests(results_dir, "2"):
         for e, run in cells:
             if run is not None and run["results"]["status"] == "ok":
                 key = (e["dataset"], e["backbone"])
-                e = dict(
-                    e, cell=os.path.join(d, e["cell"]), seeds=results.seeds_of(run)
-                )
+                cell = os.path.join(d, e["cell"])
+                e = dict(e, cell=cell, seeds=results.seeds_of(run),
+                         metrics=results.read_metrics(cell))  # fmt: skip
                 panels.setdefault(key, []).append((e, run["ranks"]))
     if not panels:
         raise ValueError(f"{results_dir}: no finished Table 2 cells")
