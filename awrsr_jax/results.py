@@ -51,6 +51,15 @@ def is_done(workdir) -> bool:
     return os.path.exists(os.path.join(workdir, "results.json"))
 
 
+def is_finished(workdir) -> bool:
+    """Finished and not ended by a time limit or SIGTERM (``stopped``): the
+    same command would not train it further."""
+    if not is_done(workdir):
+        return False
+    with open(os.path.join(workdir, "results.json")) as f:
+        return not json.load(f).get("stopped")
+
+
 def read_ranks(workdir, name="test_ranks.npy") -> np.ndarray:
     """``test_ranks.npy`` of a run (never unpickles: a pickled file raises)."""
     return np.load(os.path.join(workdir, name), allow_pickle=False)

@@ -46,7 +46,7 @@ import tarfile
 
 from absl import app, flags
 
-from awrsr_jax import files, registry
+from awrsr_jax import files, registry, results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 P = "results/paper_protocol"  # the stages' spaces; committed search and tables
@@ -159,14 +159,6 @@ def searched(*stages) -> str:
 # ------------------------------------------------- finished runs, to commit
 
 
-def _finished(cell):
-    path = os.path.join(cell, "results.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return not json.load(f).get("stopped")
-
-
 def _copy_run(src, dst):
     """A run's files without its checkpoint folders; ``results.json`` last,
     as the runner writes it."""
@@ -190,14 +182,14 @@ def sync_cells(src, dst) -> list[str]:
     cells = os.path.join(src, "cells")
     for name in sorted(os.listdir(cells)) if os.path.isdir(cells) else []:
         cell = os.path.join(cells, name)
-        runs = [name] if _finished(cell) else []
+        runs = [name] if results.is_finished(cell) else []
         runs += [
             os.path.join(name, s) for s in sorted(os.listdir(cell))
-            if s.startswith("seed-") and _finished(os.path.join(cell, s))
+            if s.startswith("seed-") and results.is_finished(os.path.join(cell, s))
         ]  # fmt: skip
         for run in runs:
             out = os.path.join(dst, "cells", run)
-            if not _finished(out):
+            if not results.is_finished(out):
                 _copy_run(os.path.join(cells, run), out)
                 copied.append(run)
     manifest, target = (
@@ -322,7 +314,7 @@ def render(results_dir, call=_python) -> None:
          f"--out={results_dir}")  # fmt: skip
     with open(os.path.join(results_dir, "table2.json")) as f:
         cells = [e["cell"] for e in json.load(f)["entries"]]
-    if all(_finished(os.path.join(results_dir, c)) for c in cells):
+    if all(results.is_finished(os.path.join(results_dir, c)) for c in cells):
         for rule in ((), ("--rule",)):
             call("experiments.strata", f"--from_results={results_dir}",
                  f"--out={results_dir}", *rule)  # fmt: skip

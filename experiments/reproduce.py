@@ -207,7 +207,7 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
         )
     for ds, cfg, name in specs:
         cell_dir, elapsed = os.path.join(out, "cells", name), time.perf_counter() - t0
-        if _finished(cell_dir):
+        if results.is_finished(cell_dir):
             continue
         if max_minutes is not None and elapsed > 60 * max_minutes:
             print(f"[{elapsed:5.0f} s] time limit: not starting {name}", file=log)
@@ -218,7 +218,7 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
             runner.continue_from(
                 others, runner.run_identity(cfg, loaded[ds], seeds, None), cell_dir, log
             )
-            if _finished(cell_dir):  # stopped by patience below the old cap
+            if results.is_finished(cell_dir):  # stopped by patience below the old cap
                 continue
         split = seed_runs and not os.path.exists(os.path.join(cell_dir, "config.json"))
         try:
@@ -241,12 +241,6 @@ def seed_dirs(cell_dir, seeds=None) -> list[str]:
     return [os.path.join(cell_dir, f"seed-{s}") for s in seeds]
 
 
-def _finished(workdir) -> bool:
-    return results.is_done(workdir) and not files.read_json(
-        os.path.join(workdir, "results.json")
-    ).get("stopped")
-
-
 def train_seeds(cfg, data, seeds, cell_dir, options, others=()) -> None:
     """Trains each seed of a cell as its own run (``<cell>/seed-<s>/``), one
     after another, then writes the cell from them
@@ -265,7 +259,7 @@ def train_seeds(cfg, data, seeds, cell_dir, options, others=()) -> None:
                 [os.path.join(o, f"seed-{s}") for o in others if o != cell_dir],
                 runner.run_identity(cfg, data, [s], None), d, options.log,
             )  # fmt: skip
-        if not _finished(d):
+        if not results.is_finished(d):
             print(f"  seed {s}", file=options.log)
             try:
                 runner.run(cfg, workdir=d, data=data, seeds=[s], options=options)
@@ -277,9 +271,9 @@ def train_seeds(cfg, data, seeds, cell_dir, options, others=()) -> None:
                                  {"status": "failed", "error": f"seed {s}: {e}",
                                   "seeds": list(seeds)})  # fmt: skip
                 raise
-            if not _finished(d):
+            if not results.is_finished(d):
                 return
-    if all(map(_finished, dirs)):
+    if all(map(results.is_finished, dirs)):
         results.merge_runs(dirs, cell_dir)
 
 

@@ -823,8 +823,8 @@ def test_a_seed_another_command_trains_is_left_to_it(tmp_path):
     with files.WorkdirLock(cell / "seed-0"):  # the other command's seed
         reproduce.run_table("2", [none], str(tmp_path), log=log, **kw)
     assert "left to the other run" in log.getvalue()
-    assert reproduce._finished(cell / "seed-1")
-    assert not reproduce._finished(cell / "seed-0")  # stopped by the time limit
+    assert results.is_finished(cell / "seed-1")
+    assert not results.is_finished(cell / "seed-0")  # stopped by the time limit
     assert not (cell / "results.json").exists()
     reproduce.run_table("2", [none], str(tmp_path), **kw)  # the other one ends
     res = json.loads((cell / "results.json").read_text())
