@@ -147,7 +147,9 @@ def write_manifest(out, table, specs, *, budget, seeds, command, tuned=()) -> st
     """``table<N>.json``: merged with an existing one, so commands that each
     train part of a table (say one dataset each) add up to the whole table.
     A ``--tuned`` file's ``search`` (what chose its configuration) is kept
-    under ``search``, keyed ``"<dataset> / <backbone>"``."""
+    under ``search``, keyed ``"<dataset> / <backbone>"``, and the
+    ``stats.json`` of a dataset prepared by ``data_prep`` under ``data``, so
+    that the table says what the data was without the data beside it."""
     path = os.path.join(out, f"table{table}.json")
     os.makedirs(out, exist_ok=True)
     with files.held(os.path.join(out, f".table{table}.lock")):  # two commands
@@ -165,9 +167,14 @@ def write_manifest(out, table, specs, *, budget, seeds, command, tuned=()) -> st
             f"{t['dataset']} / {t['backbone']}": t["search"]
             for t in tuned if "search" in t
         }  # fmt: skip
+        data = old.get("data", {}) | {
+            ds: st for ds in dict.fromkeys(ds for ds, _, _ in specs)
+            if (st := _prepared_stats(ds))
+        }  # fmt: skip
         info = dict(table=table, budget=budget, seeds=list(seeds),
                     commands=commands, entries=list(merged.values()),
-                    **({"search": search} if search else {}))  # fmt: skip
+                    **({"search": search} if search else {}),
+                    **({"data": data} if data else {}))  # fmt: skip
         files.write_json(path, info)
     return path
 
@@ -375,7 +382,8 @@ def _header(title, info, rows) -> list[str]:
         "",
         *(f"- config {ds} / {bb}: {c}" for (ds, bb), c in shapes.items()),
         *(f"- search {k}: {v}" for k, v in info.get("search", {}).items()),
-        *_data_lines(dict.fromkeys(e["dataset"] for e, _, _ in rows)),
+        *_data_lines(dict.fromkeys(e["dataset"] for e, _, _ in rows),
+                     info.get("data", {})),
         "",
     ] + ([
         "† ended by the epoch cap or the time limit while some seeds were still "
@@ -384,17 +392,25 @@ def _header(title, info, rows) -> list[str]:
     ] if cut else [])  # fmt: skip
 
 
-def _data_lines(names) -> list[str]:
-    """What each dataset prepared by ``data_prep`` (a file with its
-    ``stats.json`` beside it) was made from, its size and order, and whether
-    it is the paper's data by Table 1's counts, so that a stand-in is never
-    read as the paper's dataset."""
+def _prepared_stats(name) -> dict | None:
+    """The ``stats.json`` beside a data file prepared by ``data_prep``; None
+    for a benchmark name or a file without one."""
+    path = os.path.join(os.path.dirname(name), "stats.json")
+    if name in datasets.NAMES or not os.path.isfile(path):
+        return None
+    return files.read_json(path)
+
+
+def _data_lines(names, known=None) -> list[str]:
+    """What each dataset prepared by ``data_prep`` was made from, its size
+    and order, and whether it is the paper's data by Table 1's counts, so
+    that a stand-in is never read as the paper's dataset: from ``known``
+    (the manifest's ``data``), else the ``stats.json`` beside the file."""
     out = []
     for name in names:
-        path = os.path.join(os.path.dirname(name), "stats.json")
-        if name in datasets.NAMES or not os.path.isfile(path):
+        st = (known or {}).get(name) or _prepared_stats(name)
+        if st is None:
             continue
-        st = files.read_json(path)
         src, paper = st["source"], st.get("paper_table1") or {}
         off = outputs.paper_mismatch(st)
         line = (f"- data {name}: made by `data_prep` from {src['file']} "
@@ -440,7 +456,11 @@ def render_table2(info, cells):
         head = ["mechanism", "seeds", *METRICS, "Δ% N@5 [95% CI]", "detectable Δ%",
                 "p seeds", "p Holm", "p users", *(f"paper {m}" for m in METRICS),
                 "epochs run / best"]  # fmt: skip
-        lines += [f"## {ds} / {bb}", "", *_md(head, table), ""]
+        st = info.get("data", {}).get(ds) or _prepared_stats(ds)
+        stand_in = st and st.get("paper_table1") and outputs.paper_mismatch(st)
+        lines += [f"## {ds} / {bb}" + (" (a stand-in, not the paper's data)"
+                                       if stand_in else ""),
+                  "", *_md(head, table), ""]  # fmt: skip
     lines.append(
         "paper: Liu et al. 2024, Table 2 (awrsr_jax/paper.py), only where the "
         "value could be read ('–' otherwise; never filled in by us). Epochs: "
@@ -540,6 +560,7 @@ def load_tables(results_dirs, table) -> tuple[dict, list]:
         infos[0],
         commands=[c for i in infos for c in i["commands"]],
         search={k: v for i in infos for k, v in i.get("search", {}).items()},
+        data={k: v for i in infos for k, v in i.get("data", {}).items()},
         **{k: v[0] if len(v) == 1 else " / ".join(v) for k, v in joined.items()},
     )
     return info, [cell for _, cells in loaded for cell in cells]

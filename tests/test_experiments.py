@@ -368,6 +368,23 @@ def test_a_prepared_dataset_says_whether_it_is_the_papers(tmp_path):
     assert "(users, items, interactions differ)" in got[0]
     assert got[1].endswith("73.5k / 12.2k / 1.0M; the same counts")
 
+    # the manifest keeps the description, so the table says it without the
+    # data beside it (a fresh checkout); the block's heading says it too
+    path = reproduce.write_manifest(tmp_path / "t", "2", [(small, Config(), "c")],
+                                    budget="gpu", seeds=[0], command="c")  # fmt: skip
+    known = json.loads(open(path).read())["data"]
+    assert list(known) == [small]
+    os.remove(os.path.join(os.path.dirname(small), "stats.json"))
+    assert reproduce._data_lines([small]) == []
+    assert reproduce._data_lines([small], known) == got[:1]
+    write_fake_cells(tmp_path / "fake")
+    info = json.loads((tmp_path / "fake" / "table2.json").read_text())
+    info["data"] = {"toy": known[small]}
+    (tmp_path / "fake" / "table2.json").write_text(json.dumps(info))
+    md = open(reproduce.render(tmp_path / "fake", "2", tmp_path / "out")[0]).read()
+    assert "## toy / sasrec (a stand-in, not the paper's data)" in md
+    assert "- data toy: made by `data_prep` from raw.dat" in md
+
 
 def test_a_table_without_finished_cells_says_so(tmp_path):
     write_fake_cells(tmp_path)
