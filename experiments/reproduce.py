@@ -361,9 +361,12 @@ def _header(title, info, rows) -> list[str]:
     return [
         f"# {title}",
         "",
-        f"Commands: `{'`; `'.join(info['commands'])}` (budget `{info['budget']}`, seeds "
-        f"{info['seeds']}). Hardware: {', '.join(hw) or '–'}. Training wall time "
-        f"of these cells: {sum(r.get('train_seconds', 0) for r in done):.0f} s.",
+        "Commands, in the order first run (a later one resumes or adds cells):",
+        *(f"- `{c}`" for c in info["commands"]),
+        "",
+        f"Budget `{info['budget']}`, seeds {info['seeds']}. Hardware: "
+        f"{', '.join(hw) or '–'}. Training wall time of these cells: "
+        f"{sum(r.get('train_seconds', 0) for r in done):.0f} s.",
         "",
         "Protocol: leave-one-out (valid = second-last item, test = last); full "
         "ranking over all items with the user's history removed, ties counted "

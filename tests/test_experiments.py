@@ -458,7 +458,8 @@ def test_several_result_folders_render_as_one_table(tmp_path):
     assert rows[3]["p"] == rows[1]["p"]  # the same cells, paired within each
     md = open(md_path).read()
     assert "## toy / sasrec" in md and "## toy2 / sasrec" in md
-    assert "Commands: `cmd`; `cmd2` (budget `smoke`, seeds [0, 1])" in md
+    assert "first run (a later one resumes or adds cells):\n- `cmd`\n- `cmd2`\n" in md
+    assert "Budget `smoke`, seeds [0, 1]. Hardware: cpu (cpu, jax x)." in md
     assert "(patience 20, at most 200/1000 epochs)" in md
     assert "\n- search toy2 / sasrec: stage 1 (4 configs)\n" in md
     twice = f"{tmp_path / 'a'},{tmp_path / 'b'},{tmp_path / 'a'}"  # a row twice
