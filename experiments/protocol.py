@@ -6,7 +6,8 @@ heads; stage 3: lr 1e-4 beside 1e-3, with the rule of :func:`original`),
 then Table 2: every mechanism at Original's configuration, 5 seeds, patience
 60 with each seed also reported where the paper's patience 20 stops it;
 then the table is rendered from what has finished (with every cell done,
-also ``experiments.strata`` at both rules and ``experiments.figures``).
+also ``experiments.strata`` at both rules and ``experiments.figures``), and
+with it the three datasets' table (:func:`render_all`).
 Every step skips finished work, so the same command goes on after a stop::
 
     python -m experiments.protocol --dataset=ml-1m
@@ -322,6 +323,17 @@ def render(results_dir, call=_python) -> None:
              f"--out={os.path.join(results_dir, 'figures')}")  # fmt: skip
 
 
+def render_all(call=_python) -> None:
+    """The datasets' committed Table 2 folders (those with a manifest) as one
+    table, ``results/paper_protocol/table2/table2.md`` and its summaries."""
+    out = os.path.join(P, "table2")
+    dirs = [d for d in (os.path.join(out, tag) for tag, _ in DATASETS.values())
+            if os.path.exists(os.path.join(d, "table2.json"))]  # fmt: skip
+    if dirs:
+        call("experiments.reproduce", "--table=2",
+             f"--from_results={','.join(dirs)}", f"--out={out}")  # fmt: skip
+
+
 def table2(data, tuned, runs_dir, results_dir, mechs, *, epochs=1000,
            cell_minutes=None, ensemble=False, pack=None, tag="", draw=True,
            call=_python) -> None:  # fmt: skip
@@ -392,6 +404,8 @@ def main(argv):
            f.results or os.path.join(P, "table2", tag), f.mechs, epochs=f.epochs,
            cell_minutes=f.cell_minutes, ensemble=f.ensemble, pack=f.pack, tag=tag,
            draw=f.render)  # fmt: skip
+    if f.render and f.results is None:
+        render_all()
 
 
 if __name__ == "__main__":

@@ -288,6 +288,22 @@ def test_render_draws_strata_and_figures_once_every_cell_has_finished(tmp_path):
     ]  # fmt: skip
 
 
+def test_render_all_joins_the_datasets_that_have_a_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake = FakeGrid({})
+    protocol.render_all(call=fake)  # no table yet: nothing to render
+    assert fake.calls == []
+    out = f"{protocol.P}/table2"
+    for tag in ("anime", "ml1m"):
+        (tmp_path / out / tag).mkdir(parents=True)
+        _manifest(tmp_path / out / tag, ["none"])
+    protocol.render_all(call=fake)
+    assert fake.calls == [
+        ("experiments.reproduce", "--table=2",
+         f"--from_results={out}/ml1m,{out}/anime", f"--out={out}")
+    ]  # fmt: skip
+
+
 def test_protocol_refuses_bad_flags_naming_them():
     """Refused before anything runs: a mechanism SASRec lacks, a dataset
     outside the protocol's three."""
