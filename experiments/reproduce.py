@@ -395,9 +395,12 @@ def _header(title, info, rows) -> list[str]:
     ] if cut else [])  # fmt: skip
 
 
-def _prepared_stats(name) -> dict | None:
-    """The ``stats.json`` beside a data file prepared by ``data_prep``; None
-    for a benchmark name or a file without one."""
+def _prepared_stats(name, known=None) -> dict | None:
+    """A data file's ``data_prep`` stats: ``known[name]`` (a manifest's
+    ``data``), else the ``stats.json`` beside the file; None for a
+    benchmark name or a file without one."""
+    if (known or {}).get(name):
+        return known[name]
     path = os.path.join(os.path.dirname(name), "stats.json")
     if name in datasets.NAMES or not os.path.isfile(path):
         return None
@@ -407,11 +410,10 @@ def _prepared_stats(name) -> dict | None:
 def _data_lines(names, known=None) -> list[str]:
     """What each dataset prepared by ``data_prep`` was made from, its size
     and order, and whether it is the paper's data by Table 1's counts, so
-    that a stand-in is never read as the paper's dataset: from ``known``
-    (the manifest's ``data``), else the ``stats.json`` beside the file."""
+    that a stand-in is never read as the paper's dataset (:func:`_prepared_stats`)."""
     out = []
     for name in names:
-        st = (known or {}).get(name) or _prepared_stats(name)
+        st = _prepared_stats(name, known)
         if st is None:
             continue
         src, paper = st["source"], st.get("paper_table1") or {}
@@ -459,7 +461,7 @@ def render_table2(info, cells):
         head = ["mechanism", "seeds", *METRICS, "Δ% N@5 [95% CI]", "detectable Δ%",
                 "p seeds", "p Holm", "p users", *(f"paper {m}" for m in METRICS),
                 "epochs run / best"]  # fmt: skip
-        st = info.get("data", {}).get(ds) or _prepared_stats(ds)
+        st = _prepared_stats(ds, info.get("data"))
         stand_in = st and st.get("paper_table1") and outputs.paper_mismatch(st)
         lines += [f"## {ds} / {bb}" + (" (a stand-in, not the paper's data)"
                                        if stand_in else ""),
