@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pathlib
@@ -137,6 +138,15 @@ def merged(runs: list[dict]) -> dict:
         })  # fmt: skip
         out["rule_ranks"] = np.concatenate([run["rule_ranks"] for run in runs])
     return out
+
+
+def seed_dirs(cell_dir, seeds=None) -> list[str]:
+    """The per-seed runs of a cell: ``<cell>/seed-<s>/`` for ``seeds``, or
+    those that exist, in seed order."""
+    if seeds is None:
+        found = glob.glob(os.path.join(cell_dir, "seed-*"))
+        seeds = sorted(int(os.path.basename(d)[5:]) for d in found)
+    return [os.path.join(cell_dir, f"seed-{s}") for s in seeds]
 
 
 def merge_runs(workdirs, out) -> dict:

@@ -42,7 +42,8 @@ from awrsr_jax import files, registry, results, stats
 from awrsr_jax.analysis import markdown_table
 from awrsr_jax.config import Config
 from awrsr_jax.planted import Spec, write
-from experiments.reproduce import cut_seeds, run_table
+from experiments.reproduce import run_table
+from experiments.tables import cut_seeds
 
 TABLE = "planted"  # the manifest is <out>/tableplanted.json
 METRICS = ("NDCG@5", "Recall@10")

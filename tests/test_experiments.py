@@ -22,7 +22,7 @@ import pytest
 from awrsr_jax import analysis, checkpoint, datasets, files, results, search, stats
 from awrsr_jax import train as train_lib
 from awrsr_jax.config import Config
-from experiments import complexity, figures, grid, reproduce
+from experiments import complexity, figures, grid, reproduce, tables
 from tests.conftest import RANKS, REPO, ndcg5, run_module
 
 
@@ -273,7 +273,7 @@ def test_render_table2_values(tmp_path):
     from scipy import stats as sps
 
     write_fake_cells(tmp_path)
-    md_path, sum_path = reproduce.render(tmp_path, "2", tmp_path / "out")
+    md_path, sum_path = tables.render(tmp_path, "2", tmp_path / "out")
     summary = json.loads(open(sum_path).read())
     none, add = summary
     seeds_none = ndcg5(RANKS["none"]).mean(1)  # per-seed test NDCG@5
@@ -312,7 +312,7 @@ def test_the_search_of_a_tuned_file_reaches_the_header(tmp_path):
     info = json.loads((tmp_path / "table2.json").read_text())
     assert info["search"] == {"toy / sasrec": "stage 1 (9 configs)"}
     assert len(info["entries"]) == 2 and info["commands"][-2:] == ["a", "b"]
-    md = open(reproduce.render(tmp_path, "2", tmp_path / "out")[0]).read()
+    md = open(tables.render(tmp_path, "2", tmp_path / "out")[0]).read()
     assert "\n- search toy / sasrec: stage 1 (9 configs)\n" in md
 
 
@@ -324,7 +324,7 @@ def test_table2_adjusts_the_seed_p_over_its_mechanisms(tmp_path):
     write_fake_cells(tmp_path, specs=[("none", 1, "scores", RANKS["none"]),
                                       ("add", 1, "scores", RANKS["add"]),
                                       ("simp", 1, "scores", both)])  # fmt: skip
-    md_path, sum_path = reproduce.render(tmp_path, "2", tmp_path / "out")
+    md_path, sum_path = tables.render(tmp_path, "2", tmp_path / "out")
     rows = {r["mech"]: r for r in json.loads(open(sum_path).read())}
     pa, ps = rows["add"]["p"]["NDCG@5"], rows["simp"]["p"]["NDCG@5"]
     lo, hi = sorted([pa, ps])
@@ -337,7 +337,7 @@ def test_table2_adjusts_the_seed_p_over_its_mechanisms(tmp_path):
     assert f"| {pa:.3f} | {want[pa]:.3f} |" in md.split("| add |")[1]
 
     shutil.rmtree(tmp_path / "cells" / "simp-1-scores")  # its result is missing
-    md_path, sum_path = reproduce.render(tmp_path, "2", tmp_path / "out")
+    md_path, sum_path = tables.render(tmp_path, "2", tmp_path / "out")
     rows = {r["mech"]: r for r in json.loads(open(sum_path).read())}
     assert rows["add"]["p_holm_NDCG@5"] == pytest.approx(min(1.0, 2 * pa))
     assert rows["simp"]["p_holm_NDCG@5"] is None
@@ -360,7 +360,7 @@ def test_a_prepared_dataset_says_whether_it_is_the_papers(tmp_path):
     full = prepared("full", 73460, 12240, 1049999)  # 73.5k / 12.2k / 1.0M
     alone = tmp_path / "alone.txt"  # no stats.json: nothing to say
     alone.write_text("1 1 2 3\n")
-    got = reproduce._data_lines([small, full, str(alone), "ml-1m"])
+    got = tables._data_lines([small, full, str(alone), "ml-1m"])
     assert len(got) == 2
     assert got[0].startswith(f"- data {small}: made by `data_prep` from raw.dat")
     assert "4,566 users, 5,128 items, 514,935 interactions" in got[0]
@@ -375,13 +375,13 @@ def test_a_prepared_dataset_says_whether_it_is_the_papers(tmp_path):
     known = json.loads(open(path).read())["data"]
     assert list(known) == [small]
     os.remove(os.path.join(os.path.dirname(small), "stats.json"))
-    assert reproduce._data_lines([small]) == []
-    assert reproduce._data_lines([small], known) == got[:1]
+    assert tables._data_lines([small]) == []
+    assert tables._data_lines([small], known) == got[:1]
     write_fake_cells(tmp_path / "fake")
     info = json.loads((tmp_path / "fake" / "table2.json").read_text())
     info["data"] = {"toy": known[small]}
     (tmp_path / "fake" / "table2.json").write_text(json.dumps(info))
-    md = open(reproduce.render(tmp_path / "fake", "2", tmp_path / "out")[0]).read()
+    md = open(tables.render(tmp_path / "fake", "2", tmp_path / "out")[0]).read()
     assert "## toy / sasrec (a stand-in, not the paper's data)" in md
     assert "- data toy: made by `data_prep` from raw.dat" in md
 
@@ -390,7 +390,7 @@ def test_a_table_without_finished_cells_says_so(tmp_path):
     write_fake_cells(tmp_path)
     for cell in (tmp_path / "cells").iterdir():
         (cell / "results.json").unlink()
-    md = open(reproduce.render(tmp_path, "2", tmp_path / "out")[0]).read()
+    md = open(tables.render(tmp_path, "2", tmp_path / "out")[0]).read()
     assert "(patience and epoch cap: no cell has finished)" in md
     assert "None" not in md and "Hardware: –." in md
 
@@ -401,7 +401,7 @@ def test_a_cell_cut_while_improving_is_marked(tmp_path):
     res = json.loads(path.read_text())
     res["best_epoch"] = [30, 45]  # patience 20: seed 1 still within it at 60
     path.write_text(json.dumps(res))
-    md_path, sum_path = reproduce.render(tmp_path, "2", tmp_path / "out")
+    md_path, sum_path = tables.render(tmp_path, "2", tmp_path / "out")
     add = json.loads(open(sum_path).read())[1]
     assert add["cut_seeds"] == [1]
     md = open(md_path).read()
@@ -419,7 +419,7 @@ def test_the_rule_table_is_rendered_beside_the_longer_run(tmp_path):
                            valid=res["valid"], test=res["test"])  # fmt: skip
         (cell / "results.json").write_text(json.dumps(res))
         np.save(cell / "test_ranks_rule.npy", (ranks + 1).astype(np.int32))
-    paths = reproduce.render(tmp_path, "2", tmp_path / "out")
+    paths = tables.render(tmp_path, "2", tmp_path / "out")
     assert [p.rsplit("/", 1)[1] for p in paths] == [
         "table2.md", "table2_summary.json",
         "table2_patience20.md", "table2_patience20_summary.json"]  # fmt: skip
@@ -451,7 +451,7 @@ def test_several_result_folders_render_as_one_table(tmp_path):
         ident["config"]["epochs"] = 1000
         cfg.write_text(json.dumps(ident))
     dirs = f"{tmp_path / 'a'},{tmp_path / 'b'}"
-    md_path, sum_path = reproduce.render(dirs, "2", tmp_path / "out")
+    md_path, sum_path = tables.render(dirs, "2", tmp_path / "out")
     rows = json.loads(open(sum_path).read())
     assert [(r["dataset"], r["mech"]) for r in rows] == [
         ("toy", "none"), ("toy", "add"), ("toy2", "none"), ("toy2", "add")]  # fmt: skip
@@ -463,7 +463,7 @@ def test_several_result_folders_render_as_one_table(tmp_path):
     assert "(patience 20, at most 200/1000 epochs)" in md
     assert "\n- search toy2 / sasrec: stage 1 (4 configs)\n" in md
     twice = f"{tmp_path / 'a'},{tmp_path / 'b'},{tmp_path / 'a'}"  # a row twice
-    for make in (lambda: reproduce.render(twice, "2", tmp_path / "x"),
+    for make in (lambda: tables.render(twice, "2", tmp_path / "x"),
                  lambda: figures._panels(twice)):  # fmt: skip
         with pytest.raises(ValueError, match=r"toy / sasrec / none / 2 / scores: "
                            r"a cell of both .*a and .*a; give one"):  # fmt: skip
@@ -477,7 +477,7 @@ def test_status_reads_each_cell_without_training(tmp_path):
     info = json.loads((tmp_path / "table2.json").read_text())
     info["entries"].append(dict(info["entries"][0], mech="value", cell="cells/v"))
     (tmp_path / "table2.json").write_text(json.dumps(info))
-    lines = reproduce.progress(str(tmp_path), "2")
+    lines = tables.progress(str(tmp_path), "2")
     # metrics: valid NDCG@5 = 0.01 * epoch + member over epochs 0..59 (patience 20)
     assert lines[2:] == [
         "| toy | sasrec | none | 2 | done | 60 | 0.0 | 0.5900 1.5900 | 59 59 | 0 0 | 0/2 |",
@@ -498,20 +498,20 @@ def test_cell_hours_count_each_seed_run_and_an_ensemble_epoch_once(tmp_path):
 
     ensemble = tmp_path / "ensemble"  # two members trained together
     run(ensemble, [0, 1], rows([0, 1], 10.0))
-    assert reproduce.cell_progress(str(ensemble))["hours"] * 3600 == 24.0
+    assert tables.cell_progress(str(ensemble))["hours"] * 3600 == 24.0
     merged = tmp_path / "merged"  # written from two seed runs, one after the other
     run(merged, [0, 1], rows([0, 1], 10.0))
     for s in (0, 1):
         run(merged / f"seed-{s}", [s], rows([0], 10.0))
-    assert reproduce.cell_progress(str(merged))["hours"] * 3600 == 48.0
+    assert tables.cell_progress(str(merged))["hours"] * 3600 == 48.0
     (merged / "seed-1" / "config.json").unlink()  # not every seed run there
-    assert reproduce.cell_progress(str(merged))["hours"] * 3600 == 24.0
+    assert tables.cell_progress(str(merged))["hours"] * 3600 == 24.0
 
 
 def test_render_table3_and_refine(tmp_path):
     specs = [(m, n, "scores", r + n - 1) for n in (1, 2) for m, r in RANKS.items()]
     write_fake_cells(tmp_path, "3", specs)
-    md_path, sum_path = reproduce.render(tmp_path, "3", tmp_path)
+    md_path, sum_path = tables.render(tmp_path, "3", tmp_path)
     rows = json.loads(open(sum_path).read())
     assert [(r["mech"], r["layers"]) for r in rows] == [
         ("none", 1), ("none", 2), ("add", 1), ("add", 2)]  # fmt: skip
@@ -524,11 +524,11 @@ def test_render_table3_and_refine(tmp_path):
     top = np.array([[1, 1, 2, 1, 1, 3], [1, 2, 1, 1, 3, 1]])
     write_fake_cells(tmp_path / "low", "3", [("none", 1, "scores", top),
                                              ("value", 1, "scores", top + 5)])  # fmt: skip
-    md = open(reproduce.render(tmp_path / "low", "3", tmp_path / "low")[0]).read()
+    md = open(tables.render(tmp_path / "low", "3", tmp_path / "low")[0]).read()
     assert "| toy | sasrec | value | 0.0000 ± 0.0000** (lower) |" in md
     specs = [("add", 2, "scores", RANKS["none"]), ("add", 2, "probs", RANKS["add"])]
     write_fake_cells(tmp_path / "ab", "refine", specs)
-    _, sum_path = reproduce.render(tmp_path / "ab", "refine", tmp_path / "ab")
+    _, sum_path = tables.render(tmp_path / "ab", "refine", tmp_path / "ab")
     (row,) = json.loads(open(sum_path).read())
     imp = row["seed_test"]["NDCG@5"]["improvement_pct"]
     want = 100 * (ndcg5(RANKS["add"]).mean() / ndcg5(RANKS["none"]).mean() - 1)
@@ -656,7 +656,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     stamp = (cells[0] / "results.json").stat().st_mtime_ns
     reproduce.run_table("2", entries, str(tmp_path), **kw)  # resumes: no retraining
     assert (cells[0] / "results.json").stat().st_mtime_ns == stamp
-    md_path, _ = reproduce.render(tmp_path, "2", tmp_path)
+    md_path, _ = tables.render(tmp_path, "2", tmp_path)
     assert "## smoke / sasrec" in open(md_path).read()
     assert len(figures.make_figures(tmp_path, tmp_path / "fig")) == 5
 
@@ -674,9 +674,9 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     assert res["best_epoch"] == 0 and res["status"] == "ok"
     epochs = [json.loads(x)["epoch"] for x in open(cell / "metrics.jsonl")]
     assert epochs == [0]
-    md = open(reproduce.render(tmp_path, "2", tmp_path)[0]).read()
+    md = open(tables.render(tmp_path, "2", tmp_path)[0]).read()
     assert "| 1 / 0 † |" in md
-    (row,) = reproduce.progress(str(tmp_path), "2")[2:]
+    (row,) = tables.progress(str(tmp_path), "2")[2:]
     assert row.startswith("| smoke | sasrec | none | 1 | unfinished | 1 | ")
     assert (
         "no conclusion rests on these cells: smoke / sasrec / none, 1 layer(s), "
@@ -687,14 +687,14 @@ def test_cell_minutes_ends_a_cell_after_its_first_epoch(tmp_path):
     res = json.loads((cell / "results.json").read_text())
     assert res["epochs_run"] == 3 and "stopped" not in res
     assert [json.loads(x)["epoch"] for x in open(cell / "metrics.jsonl")] == [0, 1, 2]
-    (row,) = reproduce.progress(str(tmp_path), "2")[2:]
+    (row,) = tables.progress(str(tmp_path), "2")[2:]
     assert row.startswith("| smoke | sasrec | none | 1 | done | 3 | ")
     done = {"epochs_run": 30, "best_epoch": [2, 1], "seeds": [0, 1],
             "config": {"patience": 3, "eval_every": 1}}  # fmt: skip
-    assert reproduce._epochs(done) == "30 / 2, 1"
+    assert tables._epochs(done) == "30 / 2, 1"
     # Under a rule the seeds stop apart: each seed's epochs beside its best.
     done |= {"epochs_run": [115, 100], "best_epoch": [94, 79]}
-    assert reproduce._epochs(done) == "115, 100 / 94, 79"
+    assert tables._epochs(done) == "115, 100 / 94, 79"
 
 
 SIGTERM_AFTER_FIRST_SAVE = """
@@ -770,7 +770,7 @@ def test_time_sliced_cells_train_least_trained_first(tmp_path):
     order = [x.split("training ")[1].split("-")[2] for x in log.getvalue().splitlines()
              if "] training " in x]  # fmt: skip
     assert order == ["add", "none"]
-    rows = reproduce.progress(str(tmp_path), "2")[2:]  # the manifest's order
+    rows = tables.progress(str(tmp_path), "2")[2:]  # the manifest's order
     assert [r.split(" | ")[2] for r in rows] == ["none", "add"]
     assert [r.split(" | ")[5] for r in rows] == ["2", "1"]
 
@@ -789,7 +789,7 @@ def test_seed_runs_write_the_cell_the_ensemble_writes(tmp_path):
     reproduce.run_table("2", [none], str(split), seed_runs=True, cell_minutes=0, **kw)
     (cell,) = (split / "cells").iterdir()
     assert sorted(p.name for p in cell.iterdir()) == ["seed-0"]
-    (row,) = reproduce.progress(str(split), "2")[2:]
+    (row,) = tables.progress(str(split), "2")[2:]
     assert row.startswith("| smoke | sasrec | none | 1 | unfinished | 1 | ")
     reproduce.run_table("2", [none], str(split), seed_runs=True, **kw)  # goes on
     (a,), (b,) = (list((d / "cells").iterdir()) for d in (whole, split))
@@ -806,9 +806,9 @@ def test_seed_runs_write_the_cell_the_ensemble_writes(tmp_path):
     np.testing.assert_array_equal(a["rule_ranks"], b["rule_ranks"])
     curves = [(r["member"], r["epoch"]) for r in results.read_metrics(b["dir"])]
     assert curves == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
-    (row,) = reproduce.progress(str(split), "2")[2:]
+    (row,) = tables.progress(str(split), "2")[2:]
     assert row.startswith("| smoke | sasrec | none | 1 | done | 3 | ")
-    assert "## smoke / sasrec" in open(reproduce.render(split, "2", split)[0]).read()
+    assert "## smoke / sasrec" in open(tables.render(split, "2", split)[0]).read()
 
     other = tmp_path / "other"  # another config is refused, naming the run
     (other / "seed-1").mkdir(parents=True)
