@@ -147,7 +147,8 @@ def write_manifest(out, table, specs, *, budget, seeds, command, tuned=()) -> st
                      layers=cfg.layers, refine_input=cfg.refine_input,
                      cell=f"cells/{name}")  # fmt: skip
             merged[results.entry_key(e)] = e
-        commands = [c for c in old.get("commands", []) if c != command] + [command]
+        commands = old.get("commands", [])  # in the order first run
+        commands += [command] if command not in commands else []
         search = old.get("search", {}) | {
             f"{t['dataset']} / {t['backbone']}": t["search"]
             for t in tuned if "search" in t

@@ -226,7 +226,7 @@ def test_manifest_merges_commands(tmp_path):
     info = json.loads(open(path).read())
     assert [e["cell"] for e in info["entries"]] == ["cells/a-none", "cells/a-add",
                                                     "cells/b-none"]  # fmt: skip
-    assert info["commands"] == ["2", "1"]
+    assert info["commands"] == ["1", "2"]  # a command run again keeps its place
 
 
 def write_fake_cells(root, table="2", specs=None):
