@@ -51,7 +51,7 @@ from awrsr_jax import parallel, train
 
 ARRAYS = ("state", "best_params", "best", "best_epoch", "bad", "active")
 # Saved only by runs with ``report_patience``. A step without them (a run
-# at another patience, continued while ``runner.same_so_far``) restores
+# at another patience, continued while ``resume.same_so_far``) restores
 # without them, and ``train.fit`` adds them as not reached yet.
 RULE_ARRAYS = ("rule_params", "rule_best_epoch", "rule_epoch")
 

@@ -22,6 +22,7 @@ import shutil
 import numpy as np
 
 from awrsr_jax import files, registry
+from awrsr_jax.ops.metrics import metric_names
 from awrsr_jax.ops.refine import MECHANISMS
 
 
@@ -312,3 +313,23 @@ def varying_fields(records) -> list[str]:
         for k, v in r["config"].items():
             values.setdefault(k, set()).add(json.dumps(v))
     return sorted(k for k, vs in values.items() if len(vs) > 1)
+
+
+def results_table(results: dict, names=None) -> str:
+    """Valid and test metrics of every member, one row each (for printing)."""
+    names = names or metric_names()
+    rule = results.get("rule")
+    splits = [("valid", results), ("test", results)]
+    if rule:  # the same training as the rule would have stopped it
+        splits += [
+            (f"{s}@p{rule['patience']}", {s: rule[s]}) for s in ("valid", "test")
+        ]
+    width = max(len(s) for s, _ in splits)
+    rows = [f"{'split':<{width}} {'member':>6} " + " ".join(f"{n:>9}" for n in names)]
+    for label, src in splits:
+        vals = src[label.split("@")[0]]
+        for m, v in enumerate(vals if isinstance(vals, list) else [vals]):
+            rows.append(
+                f"{label:<{width}} {m:>6} " + " ".join(f"{v[n]:>9.4f}" for n in names)
+            )
+    return "\n".join(rows)

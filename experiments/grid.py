@@ -34,7 +34,7 @@ import time
 
 from absl import app, flags, logging
 
-from awrsr_jax import datasets, files, registry, results, runner, search
+from awrsr_jax import datasets, files, registry, results, resume, runner, search
 from awrsr_jax.config import Config
 from awrsr_jax.ops.metrics import metric_names
 from awrsr_jax.results import as_list
@@ -82,9 +82,9 @@ def train_group(cfg, sweep, members, data, out, log) -> list[dict]:
     name = search.config_hash(cfg, data.sha256, sweep=sweep)
     workdir = os.path.join(out, "groups", name)
     seeds = [cfg.seed] * len(members)
-    copied = not os.path.exists(workdir) and runner.continue_from(
+    copied = not os.path.exists(workdir) and resume.continue_from(
         glob.glob(os.path.join(out, "groups", "*")),
-        runner.run_identity(cfg, data, seeds, sweep), workdir, log,
+        resume.run_identity(cfg, data, seeds, sweep), workdir, log,
     )  # fmt: skip
     options = runner.Options(progress="lines", log=log)
     try:

@@ -24,6 +24,7 @@ from absl import app, flags, logging
 
 from awrsr_jax import datasets, parallel, runner
 from awrsr_jax.config import HELP, Config, validate
+from awrsr_jax.results import results_table
 
 for _f in dataclasses.fields(Config):
     _define = {
@@ -118,7 +119,7 @@ def main(argv):
     if not parallel.is_primary():
         return  # several hosts: process 0 reports for all of them
     print(f"\n{cfg.backbone} mech={cfg.mech} | protocol: {results['protocol']}")
-    print(runner.results_table(results))
+    print(results_table(results))
     if results.get("stopped"):
         print(f"stopped after --max_minutes={FLAGS.max_minutes}; run again to go on")
     print(

@@ -34,7 +34,7 @@ With ``--report_patience=R`` the same cells also give
 it (``results.json``'s ``rule``), so ``--patience=60 --report_patience=20``
 compares at the paper's rule and at a longer patience from one training;
 rerun with a larger ``--patience`` or ``--epochs``, a table continues its
-cells (:func:`awrsr_jax.runner.continue_from`) while no seed has waited
+cells (:func:`awrsr_jax.resume.continue_from`) while no seed has waited
 that long.
 """
 
@@ -47,7 +47,7 @@ import time
 
 from absl import app, flags, logging
 
-from awrsr_jax import datasets, files, registry, results, runner, search
+from awrsr_jax import datasets, files, registry, results, resume, runner, search
 from awrsr_jax.config import Config, validate
 from experiments import tables
 
@@ -210,8 +210,8 @@ def run_table(table, entries, out, *, seeds, epochs, patience, eval_every=1,
         print(f"[{elapsed:5.0f} s] training {name}", file=log)
         others = glob.glob(os.path.join(out, "cells", f"{name.rsplit('-', 1)[0]}-*"))
         if not os.path.exists(cell_dir):  # a raised cap goes on
-            runner.continue_from(
-                others, runner.run_identity(cfg, loaded[ds], seeds, None), cell_dir, log
+            resume.continue_from(
+                others, resume.run_identity(cfg, loaded[ds], seeds, None), cell_dir, log
             )
             if results.is_finished(cell_dir):  # stopped by patience below the old cap
                 continue
@@ -237,13 +237,13 @@ def train_seeds(cfg, data, seeds, cell_dir, options, others=()) -> None:
     finishes the last seed writes the cell. A seed not yet started here
     goes on from its run in one of the cells ``others`` (the same cell under
     a smaller epoch cap or another patience:
-    :func:`awrsr_jax.runner.continue_from`) where one can."""
+    :func:`awrsr_jax.resume.continue_from`) where one can."""
     dirs = results.seed_dirs(cell_dir, seeds)
     for s, d in zip(seeds, dirs):
         if not os.path.exists(d):
-            runner.continue_from(
+            resume.continue_from(
                 [os.path.join(o, f"seed-{s}") for o in others if o != cell_dir],
-                runner.run_identity(cfg, data, [s], None), d, options.log,
+                resume.run_identity(cfg, data, [s], None), d, options.log,
             )  # fmt: skip
         if not results.is_finished(d):
             print(f"  seed {s}", file=options.log)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from awrsr_jax import datasets, files, registry, results, runner, stats
+from awrsr_jax import datasets, files, registry, results, resume, stats
 from awrsr_jax.analysis import fmt as _f
 from awrsr_jax.analysis import markdown_table as _md
 from awrsr_jax.paper import PAPER_TABLE2, PAPER_TABLE3
@@ -325,7 +325,7 @@ def cell_progress(cell_dir) -> dict:
     """Where one cell stands, from its files alone (nothing is trained):
     ``state`` ("not started", "unfinished": training, paused or ended by a
     time limit, "done" or "failed"), ``config`` (config.json's, or None),
-    ``members`` (:func:`awrsr_jax.runner.member_progress`; a cell trained
+    ``members`` (:func:`awrsr_jax.resume.member_progress`; a cell trained
     seed by seed counts its seed runs' members in seed order) and ``hours``
     trained (each epoch's training plus validation seconds, as logged)."""
     whole = os.path.exists(os.path.join(cell_dir, "config.json"))
@@ -341,7 +341,7 @@ def cell_progress(cell_dir) -> dict:
     config = files.read_json(os.path.join(parts[0], "config.json"))["config"]
     history, hours = [], 0.0
     for p in parts:
-        part = runner.workdir_history(p) or []
+        part = resume.workdir_history(p) or []
         seen = {r["member"] for r in history if "member" in r}
         history += results.renumbered(part, len(seen))
         per_epoch = {r["epoch"]: r.get("seconds", 0) + r.get("eval_seconds", 0)
@@ -352,7 +352,7 @@ def cell_progress(cell_dir) -> dict:
         res = files.read_json(os.path.join(cell_dir, "results.json"))
         if not res.get("stopped"):
             state = "done" if res["status"] == "ok" else "failed"
-    return dict(state=state, config=config, members=runner.member_progress(history),
+    return dict(state=state, config=config, members=resume.member_progress(history),
                 hours=hours)  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from awrsr_jax import runner
+from awrsr_jax import results, resume
 from tests.conftest import CKPT_CFG, run_tiny, strip_seconds
 
 SEEDS = [0, 1, 2]
@@ -91,15 +91,15 @@ def test_another_patience_continues_a_run_no_member_waited_that_long(pair, tmp_p
 
 def test_another_patience_is_refused_once_a_member_waited_that_long(pair, tmp_path):
     (short_dir, _), _ = pair
-    longest = runner.longest_wait(runner.workdir_history(short_dir))
+    longest = resume.longest_wait(resume.workdir_history(short_dir))
     assert longest == 2  # members stopped by patience 2
     with pytest.raises(ValueError, match=r"patience: 2 -> 6.*already waited 2"):
         run_tiny(short_dir, SHORT.replace(patience=6), seeds=SEEDS)
     old = json.load(open(os.path.join(short_dir, "config.json")))
     new = dict(old, config=dict(old["config"], patience=6))
     with pytest.raises(ValueError, match=r"no readable metrics.jsonl"):
-        runner.check_same_run(old, new, "wd", history=None)
-    assert runner.continue_from([short_dir], new, "unused") is None
+        resume.check_same_run(old, new, "wd", history=None)
+    assert resume.continue_from([short_dir], new, "unused") is None
 
 
 def test_longest_wait_by_hand():
@@ -111,16 +111,16 @@ def test_longest_wait_by_hand():
     ]
     history.append({"member": 0, "epoch": 6})  # not validated: not counted
     # member 0 waits 0 0 1 2 0 1; member 1 waits 0 1 2 3 4
-    assert runner.longest_wait(history) == 4
-    assert runner.member_progress(history) == {
+    assert resume.longest_wait(history) == 4
+    assert resume.member_progress(history) == {
         0: dict(epochs=6, best=0.3, best_epoch=4, wait=1, longest=2),
         1: dict(epochs=5, best=0.3, best_epoch=0, wait=4, longest=4),
     }
-    assert runner.longest_wait([]) == 0
+    assert resume.longest_wait([]) == 0
     old, new = {"patience": 20}, {"patience": 6, "report_patience": 5}
-    assert runner.same_so_far(old, new, history)  # 4 < min(20, 6, 5)
-    assert not runner.same_so_far(old, {"patience": 4}, history)
-    assert not runner.same_so_far(old, new, None)  # unknown history: refused
+    assert resume.same_so_far(old, new, history)  # 4 < min(20, 6, 5)
+    assert not resume.same_so_far(old, {"patience": 4}, history)
+    assert not resume.same_so_far(old, new, None)  # unknown history: refused
 
 
 def test_report_patience_must_be_below_patience():
@@ -135,7 +135,7 @@ def test_the_printed_table_shows_the_rule_rows():
     m = {"NDCG@5": 0.25, "Recall@5": 0.5}
     r = {"NDCG@5": 0.125, "Recall@5": 0.375}
     res = {"valid": m, "test": m, "rule": {"patience": 20, "valid": r, "test": r}}
-    lines = runner.results_table(res, names=["NDCG@5", "Recall@5"]).splitlines()
+    lines = results.results_table(res, names=["NDCG@5", "Recall@5"]).splitlines()
     assert lines[1:] == [
         "valid          0    0.2500    0.5000",
         "test           0    0.2500    0.5000",
