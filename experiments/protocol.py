@@ -6,8 +6,9 @@ heads; stage 3: lr 1e-4 beside 1e-3, with the rule of :func:`original`),
 then Table 2: every mechanism at Original's configuration, 5 seeds, patience
 60 with each seed also reported where the paper's patience 20 stops it;
 then the table is rendered from what has finished (with every cell done,
-also ``experiments.strata`` at both rules and ``experiments.figures``), and
-with it the three datasets' table (:func:`render_all`).
+also ``experiments.strata`` and ``experiments.agreement`` at both rules and
+``experiments.figures``), and with it the three datasets' table
+(:func:`render_all`).
 Every step skips finished work, so the same command goes on after a stop::
 
     python -m experiments.protocol --dataset=ml-1m
@@ -309,16 +310,17 @@ def search(tag, data, runs, call=_python) -> str:
 
 def render(results_dir, call=_python) -> None:
     """Table 2 at both rules from what has finished in ``results_dir``; once
-    every cell of its manifest has, also the by-group tables (both rules)
-    and the figures (``figures/``)."""
+    every cell of its manifest has, also the by-group and agreement tables
+    (both rules) and the figures (``figures/``)."""
     call("experiments.reproduce", "--table=2", f"--from_results={results_dir}",
          f"--out={results_dir}")  # fmt: skip
     with open(os.path.join(results_dir, "table2.json")) as f:
         cells = [e["cell"] for e in json.load(f)["entries"]]
     if all(results.is_finished(os.path.join(results_dir, c)) for c in cells):
-        for rule in ((), ("--rule",)):
-            call("experiments.strata", f"--from_results={results_dir}",
-                 f"--out={results_dir}", *rule)  # fmt: skip
+        for module in ("experiments.strata", "experiments.agreement"):
+            for rule in ((), ("--rule",)):
+                call(module, f"--from_results={results_dir}",
+                     f"--out={results_dir}", *rule)  # fmt: skip
         call("experiments.figures", f"--from_results={results_dir}",
              f"--out={os.path.join(results_dir, 'figures')}")  # fmt: skip
 

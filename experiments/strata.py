@@ -115,7 +115,7 @@ def block_strata(cells, features, by, n_groups, metric="NDCG@5") -> list[dict]:
     return rows
 
 
-def _blocks(cells) -> list:
+def finished_blocks(cells) -> list:
     """``[(key, [(entry, run)])]``: finished cells grouped by dataset,
     backbone, layers and refinement input, ``none`` first; blocks without a
     finished ``none`` are left out."""
@@ -151,7 +151,7 @@ def render(results_dirs, *, by=("history", "popularity"), n_groups=3,
     cells = [c for _, _, cs in results.load_manifests(results_dirs, "2") for c in cs]
     if rule:
         cells = [(e, results.rule_view(run)) for e, run in cells]
-    blocks = _blocks(cells)
+    blocks = finished_blocks(cells)
     if not blocks:
         raise ValueError(f"{results_dirs}: no block with a finished none cell"
                          + (" trained with --report_patience" if rule else ""))  # fmt: skip

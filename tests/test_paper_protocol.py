@@ -268,7 +268,9 @@ def test_driver_issues_the_protocol_commands(tmp_path, monkeypatch):
     assert not any("checkpoints" in n for n in names)
 
 
-def test_render_draws_strata_and_figures_once_every_cell_has_finished(tmp_path):
+def test_render_draws_strata_agreement_and_figures_once_every_cell_has_finished(
+    tmp_path,
+):
     kept = tmp_path / "kept"
     _cell(kept, "none", {"status": "ok"})
     _run(kept / "cells" / "add" / "seed-0", {"status": "ok"})  # cell unfinished
@@ -282,8 +284,9 @@ def test_render_draws_strata_and_figures_once_every_cell_has_finished(tmp_path):
     fake.calls.clear()
     protocol.render(str(kept), call=fake)
     strata = ("experiments.strata", f"--from_results={kept}", f"--out={kept}")
+    agree = ("experiments.agreement", *strata[1:])
     assert fake.calls == [
-        table, strata, (*strata, "--rule"),
+        table, strata, (*strata, "--rule"), agree, (*agree, "--rule"),
         ("experiments.figures", f"--from_results={kept}", f"--out={kept}/figures"),
     ]  # fmt: skip
 
