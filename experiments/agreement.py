@@ -21,8 +21,7 @@ For each block (dataset, backbone, layers, refinement input) with a finished
 Original's own row gives the mean J between two of its seeds. Same-seed
 agreement well above the other seeds' says the refined model stays close to
 the Original trained from the same seed: the mechanism changed less of what
-was learned than the seed does, and pairing by seed takes much of the seed
-noise out of the two arms' difference. No training; a CPU is enough.
+was learned than the seed does. No training; a CPU is enough.
 ``--out`` writes ``agreement[_patience<R>].md`` and ``..._summary.json``.
 """
 
