@@ -27,14 +27,13 @@ was learned than the seed does. No training; a CPU is enough.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 from absl import app, flags, logging
 
-from awrsr_jax import analysis, files, results, stats
-from experiments.strata import finished_blocks
+from awrsr_jax import analysis, results, stats
+from experiments.strata import define_table_flags, finished_blocks, write_outputs
 
 
 def jaccard(a_U, b_U) -> float:
@@ -125,14 +124,8 @@ def render(results_dirs, *, top=5, rule=False) -> tuple[str, list]:
 
 
 def define_flags():
-    flags.DEFINE_string("from_results", None, "experiments.reproduce output folder, "
-                        "or several (comma-separated)")  # fmt: skip
+    define_table_flags("agreement")
     flags.DEFINE_integer("top", 5, "a hit: the test target ranked within this many")
-    flags.DEFINE_bool("rule", False, "the cells as their report_patience rule "
-                      "ended each seed (the paper's patience 20)")  # fmt: skip
-    flags.DEFINE_string("out", None, "folder to write agreement*.md and "
-                        "agreement*_summary.json into (default: print only)")  # fmt: skip
-    flags.mark_flag_as_required("from_results")
 
 
 def main(argv):
@@ -144,11 +137,7 @@ def main(argv):
             raise ValueError(f"--top={f.top}: need at least 1")
         md, rows = render(f.from_results, top=f.top, rule=f.rule)
         if f.out:
-            rules = "-".join(map(str, sorted({r["patience"] for r in rows})))
-            name = "agreement" + (f"_patience{rules}" if f.rule else "")
-            os.makedirs(f.out, exist_ok=True)
-            files.write_text(os.path.join(f.out, f"{name}.md"), md + "\n")
-            files.write_json(os.path.join(f.out, f"{name}_summary.json"), rows)
+            write_outputs(f.out, "agreement", md, rows, rule=f.rule)
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {e}")
     print(md)

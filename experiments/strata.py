@@ -209,18 +209,34 @@ def render(results_dirs, *, by=("history", "popularity"), n_groups=3,
     return "\n".join(lines), out
 
 
-def define_flags():
+def write_outputs(out, stem, md, rows, *, rule) -> None:
+    """``<stem>.md`` and ``<stem>_summary.json`` in ``out``; with ``rule``,
+    ``<stem>_patience<R>...`` (R: the rows' patience)."""
+    if rule:
+        stem += "_patience" + "-".join(map(str, sorted({r["patience"] for r in rows})))
+    os.makedirs(out, exist_ok=True)
+    files.write_text(os.path.join(out, f"{stem}.md"), md + "\n")
+    files.write_json(os.path.join(out, f"{stem}_summary.json"), rows)
+
+
+def define_table_flags(stem):
+    """``--from_results``, ``--rule`` and ``--out`` of a command that reads
+    Table 2 folders and writes ``<stem>*.md`` (:func:`write_outputs`)."""
     flags.DEFINE_string("from_results", None, "experiments.reproduce output folder, "
                         "or several (comma-separated)")  # fmt: skip
+    flags.DEFINE_bool("rule", False, "the cells as their report_patience rule "
+                      "ended each seed (the paper's patience 20)")  # fmt: skip
+    flags.DEFINE_string("out", None, f"folder to write {stem}*.md and "
+                        f"{stem}*_summary.json into (default: print only)")  # fmt: skip
+    flags.mark_flag_as_required("from_results")
+
+
+def define_flags():
+    define_table_flags("strata")
     flags.DEFINE_list("by", ["history", "popularity"],
                       f"user features to group by: {', '.join(analysis.USER_FEATURES)}")  # fmt: skip
     flags.DEFINE_integer("groups", 3, "quantile groups per feature")
     flags.DEFINE_string("metric", "NDCG@5", "per-user test metric")
-    flags.DEFINE_bool("rule", False, "the cells as their report_patience rule "
-                      "ended each seed (the paper's patience 20)")  # fmt: skip
-    flags.DEFINE_string("out", None, "folder to write strata*.md and "
-                        "strata*_summary.json into (default: print only)")  # fmt: skip
-    flags.mark_flag_as_required("from_results")
 
 
 def main(argv):
@@ -241,11 +257,7 @@ def main(argv):
         md, rows = render(f.from_results, by=tuple(f.by), n_groups=f.groups,
                           metric=f.metric, rule=f.rule)  # fmt: skip
         if f.out:
-            rules = "-".join(map(str, sorted({r["patience"] for r in rows})))
-            name = "strata" + (f"_patience{rules}" if f.rule else "")
-            os.makedirs(f.out, exist_ok=True)
-            files.write_text(os.path.join(f.out, f"{name}.md"), md + "\n")
-            files.write_json(os.path.join(f.out, f"{name}_summary.json"), rows)
+            write_outputs(f.out, "strata", md, rows, rule=f.rule)
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {e}")
     print(md)
