@@ -129,7 +129,10 @@ def _header(title, info, rows) -> list[str]:
         "data order and negatives): Δ% of the means, * p < 0.05 and ** p < 0.01 "
         "from a paired t-test over the seeds (the only source of stars), and "
         "[a, b] a hierarchical bootstrap 95% interval of Δ% (seeds resampled, "
-        "then users within each seed). 'p users' is a paired t-test over users "
+        "then users within each seed; descriptive: with few seeds it is "
+        "narrower than the t-test's interval, as resampling a handful of "
+        "values understates their spread, and can exclude 0 where p > 0.05). "
+        "'p users' is a paired t-test over users "
         "of NDCG@5 averaged over seeds: conditional on these trained models, "
         "shown for reference only.",
         "",
