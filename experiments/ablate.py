@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from awrsr_jax import datasets, evaluate, files
+from awrsr_jax import datasets, evaluate, files, results
 from awrsr_jax.analysis import markdown_table
 from awrsr_jax.models import common
 from awrsr_jax.recommend import Recommender
@@ -75,7 +75,8 @@ def ablate(workdir: str, dataset, member: int = 0) -> dict:
         if variant == "trained":
             path = os.path.join(workdir, "test_ranks.npy")
             if rec.finished and os.path.exists(path):
-                if not np.array_equal(ranks, np.atleast_2d(np.load(path))[member]):
+                saved_ranks = np.atleast_2d(results.read_ranks(workdir))[member]
+                if not np.array_equal(ranks, saved_ranks):
                     raise ValueError(f"{workdir}: the checkpoint's best params do "
                                      "not give its test_ranks.npy")  # fmt: skip
         row[variant] = evaluate.summarize(ranks)
