@@ -13,7 +13,9 @@ are evaluated on the test split three ways:
   weighs the values by ``softmax(A)`` and the refinement's matrices go
   unused (for Original, the same as ``trained``);
 - ``uniform``: every layer's weights uniform over the positions its mask
-  allows (each position's history), so queries and keys play no part.
+  allows (each position's history), so queries and keys play no part: the
+  refined logits are replaced by zeros before the layers' masked softmax
+  (``awrsr_jax.ops.refine.refined_logits`` patched for the evaluation).
 
 The change of ``no_refinement`` says how much of the trained model's result
 its refinement carries; that of ``uniform``, how much the attention pattern
