@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from awrsr_jax import analysis, results, stats
-from experiments.strata import define_table_flags, finished_blocks, write_outputs
+from experiments.strata import define_table_flags, load_blocks, write_outputs
 
 
 def jaccard(a_U, b_U) -> float:
@@ -79,14 +79,9 @@ def block_agreement(cells, top=5) -> list[dict]:
 
 def render(results_dirs, *, top=5, rule=False) -> tuple[str, list]:
     """The Markdown and the JSON rows of :mod:`experiments.agreement`."""
-    cells = [c for _, _, cs in results.load_manifests(results_dirs, "2") for c in cs]
-    if rule:
-        cells = [(e, results.rule_view(run)) for e, run in cells]
-    blocks = finished_blocks(cells)
-    if not blocks:
-        raise ValueError(f"{results_dirs}: no block with a finished none cell"
-                         + (" trained with --report_patience" if rule else ""))  # fmt: skip
-    out = [r for _, these in blocks for r in block_agreement(these, top)]
+    blocks = [(key, block_agreement(these, top))
+              for key, these in load_blocks(results_dirs, rule)]  # fmt: skip
+    out = [r for _, rows in blocks for r in rows]
     patience = "/".join(map(str, sorted({r["patience"] for r in out})))
     lines = [
         f"# Agreement with Original: which users get a hit in the top {top} "
@@ -100,13 +95,9 @@ def render(results_dirs, *, top=5, rule=False) -> tuple[str, list]:
         "minus other. Original's row: mean J between two of its seeds.",
         "",
     ]
-    for (ds, bb, layers, ri), _ in blocks:
+    for (ds, bb, layers, ri), rows in blocks:
         table = []
-        for r in out:
-            if (r["dataset"], r["backbone"], r["layers"], r["refine_input"]) != (
-                ds, bb, layers, ri,
-            ):  # fmt: skip
-                continue
+        for r in rows:
             if r["mech"] == "none":
                 table.append(["none", len(r["seeds"]), "–", "–",
                               analysis.fmt(r["other"], 3), "–"])  # fmt: skip

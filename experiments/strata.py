@@ -145,9 +145,10 @@ def _cell(rows, k) -> str:
     return f"{change} (p {r['p']:.3f}, Holm {r['p_holm']:.3f})"
 
 
-def render(results_dirs, *, by=("history", "popularity"), n_groups=3,
-           metric="NDCG@5", rule=False) -> tuple[str, list]:  # fmt: skip
-    """The Markdown and the JSON rows of :mod:`experiments.strata`."""
+def load_blocks(results_dirs, rule: bool) -> list:
+    """:func:`finished_blocks` of the Table 2 folders ``results_dirs``, as
+    trained or (``rule``) as their ``report_patience`` rule ended each seed;
+    ValueError when there is none."""
     cells = [c for _, _, cs in results.load_manifests(results_dirs, "2") for c in cs]
     if rule:
         cells = [(e, results.rule_view(run)) for e, run in cells]
@@ -155,6 +156,13 @@ def render(results_dirs, *, by=("history", "popularity"), n_groups=3,
     if not blocks:
         raise ValueError(f"{results_dirs}: no block with a finished none cell"
                          + (" trained with --report_patience" if rule else ""))  # fmt: skip
+    return blocks
+
+
+def render(results_dirs, *, by=("history", "popularity"), n_groups=3,
+           metric="NDCG@5", rule=False) -> tuple[str, list]:  # fmt: skip
+    """The Markdown and the JSON rows of :mod:`experiments.strata`."""
+    blocks = load_blocks(results_dirs, rule)
     patience = sorted({run["config"]["config"]["patience"] for _, b in blocks
                        for _, run in b})  # fmt: skip
     lines = [
